@@ -1,0 +1,203 @@
+"""Check a dataset before training: read every case and report *all* problems at once.
+
+    python -m vnet_tf.check DATA_DIR [--layout msd] [--num_classes 3] [--channels 1]
+
+Errors (the case is unusable): a missing, unreadable or truncated file; a 2D image; more
+or fewer channels than declared; zero or negative spacing; NaN or Inf intensities; a
+label whose size, spacing, origin or direction differs from its image's (beyond a
+tolerance of 1e-4 voxel / 1e-4 in the direction cosines); label values that are not
+integers or lie outside the declared classes. Warnings: an empty label (background only).
+Input files are only read, never modified. Exit status 1 when any case has an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from vnet_tf.cases import LAYOUTS, Case, Dataset, find_cases
+from vnet_tf.integrity import nonfinite_count
+from vnet_tf.io import Geometry, VolumeReadError, image_to_array, read_image
+
+GEOMETRY_TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    case_id: str
+    path: str
+    message: str
+    severity: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        return f"{self.severity.upper()}: {self.path}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    cases: Sequence[Case]
+    problems: Sequence[Problem]
+
+    @property
+    def errors(self) -> List[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> List[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def good_cases(self) -> List[str]:
+        bad = {p.case_id for p in self.errors}
+        return [c.case_id for c in self.cases if c.case_id not in bad]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        lines = [str(p) for p in self.problems]
+        lines.append(f"{len(self.cases)} cases checked: {len(self.good_cases)} usable, "
+                     f"{len(self.cases) - len(self.good_cases)} with errors, "
+                     f"{len(self.warnings)} warning(s)")
+        return "\n".join(lines)
+
+
+def _read(path, case_id, what, problems) -> Optional[sitk.Image]:
+    if path is None or not os.path.exists(path):
+        problems.append(Problem(case_id, str(path), f"missing {what} file"))
+        return None
+    try:
+        return read_image(path)
+    except (VolumeReadError, OSError) as err:
+        if "Refusing to change spacing" in str(err):  # ITK's refusal of a zero spacing
+            message = f"{what} spacing has a zero or negative entry; expected positive spacings in mm ({err})"
+        else:
+            message = f"unreadable or truncated {what}: {err}"
+        problems.append(Problem(case_id, str(path), message))
+        return None
+
+
+def _channel_count(image: sitk.Image) -> int:
+    if image.GetDimension() == 4:
+        return image.GetSize()[3]
+    return image.GetNumberOfComponentsPerPixel()
+
+
+def _check_shape(image: sitk.Image, path, case_id, what, problems) -> bool:
+    size = image.GetSize()
+    if image.GetDimension() < 3 or min(size[:3]) < 2:
+        problems.append(Problem(case_id, str(path), f"{what} is 2D (size {size}); expected a 3D volume"))
+        return False
+    spacing = image.GetSpacing()[:3]
+    if min(spacing) <= 0:
+        problems.append(Problem(case_id, str(path), f"{what} spacing {spacing} has a zero or "
+                                f"negative entry; expected positive spacings in mm"))
+        return False
+    return True
+
+
+def check_case(case: Case, num_classes: Optional[int] = None,
+               channels: Optional[int] = None) -> List[Problem]:
+    """All problems of one case (an empty list for a good case)."""
+    problems: List[Problem] = []
+    images = []
+    for path in case.images:
+        image = _read(path, case.case_id, "image", problems)
+        if image is None or not _check_shape(image, path, case.case_id, "image", problems):
+            continue
+        array = image_to_array(image)
+        bad = int(np.count_nonzero(~np.isfinite(array))) if array.dtype.kind == "f" else 0
+        bad = max(bad, nonfinite_count(path) or 0)  # NIfTI NaNs are zeroed by ITK on reading
+        if bad:
+            problems.append(Problem(case.case_id, str(path), f"{bad} NaN or Inf intensities"))
+        images.append((path, image))
+    if images:
+        found = sum(_channel_count(image) for _, image in images)
+        if channels is not None and found != channels:
+            problems.append(Problem(case.case_id, str(images[0][0]),
+                                    f"image has {found} channel(s) where {channels} were declared"))
+        _, reference = images[0]
+        for path, image in images[1:]:
+            _compare_grids(reference, image, case.case_id, path, "channel file", problems)
+    label = _read(case.label, case.case_id, "label", problems) if case.label is not None else None
+    if label is not None and _check_shape(label, case.label, case.case_id, "label", problems):
+        if images:
+            _compare_grids(images[0][1], label, case.case_id, case.label, "label", problems)
+        _check_label_values(label, case, num_classes, problems)
+    return problems
+
+
+def _compare_grids(reference, other, case_id, path, what, problems) -> None:
+    if reference.GetSize()[:3] != other.GetSize()[:3]:
+        problems.append(Problem(case_id, str(path), f"{what} size {other.GetSize()[:3]} differs "
+                                f"from the image's {reference.GetSize()[:3]}"))
+        return
+    ref_geo, geo = Geometry.of(reference), Geometry.of(other)
+    for field in ref_geo.differences(geo, GEOMETRY_TOLERANCE):
+        problems.append(Problem(case_id, str(path), f"{what} {field} {getattr(geo, field)} differs "
+                                f"from the image's {getattr(ref_geo, field)}"))
+
+
+def _check_label_values(label: sitk.Image, case: Case, num_classes, problems) -> None:
+    array = sitk.GetArrayViewFromImage(label)
+    values = np.unique(array)
+    if array.dtype.kind == "f":
+        fractional = values[values != np.round(values)]
+        if fractional.size or not np.isfinite(values).all():
+            problems.append(Problem(case.case_id, str(case.label),
+                                    f"label values are not integers (e.g. {fractional[:5].tolist()})"))
+            return
+    if num_classes is not None:
+        outside = [v for v in values.tolist() if not 0 <= v < num_classes]
+        if outside:
+            problems.append(Problem(case.case_id, str(case.label),
+                                    f"label values {outside} lie outside the declared classes "
+                                    f"0..{num_classes - 1}"))
+    if values.size == 1 and values[0] == 0:
+        problems.append(Problem(case.case_id, str(case.label), "label is empty (background only)",
+                                "warning"))
+
+
+def check_dataset(dataset: Dataset, num_classes: Optional[int] = None,
+                  channels: Optional[int] = None, workers: Optional[int] = None) -> CheckReport:
+    """Checks every case of ``dataset``. ``num_classes`` and ``channels`` default to what
+    the dataset's index declares (MSD ``labels`` and ``modality``)."""
+    if num_classes is None and dataset.labels:
+        num_classes = max(dataset.labels) + 1
+    if channels is None:
+        channels = dataset.channels
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        per_case = list(pool.map(lambda c: check_case(c, num_classes, channels), dataset.cases))
+    return CheckReport(tuple(dataset.cases), tuple(p for problems in per_case for p in problems))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vnet_tf.check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_dir")
+    parser.add_argument("--layout", default="auto", choices=LAYOUTS)
+    parser.add_argument("--image_glob", help="with --layout glob, e.g. 'images/*.nii.gz'")
+    parser.add_argument("--label_glob", help="with --layout glob, e.g. 'labels/*.nii.gz'")
+    parser.add_argument("--num_classes", type=int, help="declared classes, background included")
+    parser.add_argument("--channels", type=int, help="declared image channels")
+    args = parser.parse_args(argv)
+    try:
+        dataset = find_cases(args.data_dir, args.layout, args.image_glob, args.label_glob)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+    report = check_dataset(dataset, args.num_classes, args.channels)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,6 @@
 """V-Net builder: shapes, parameter counts, options, errors, serialisation, learning."""
 
 import ast
-import pathlib
 import subprocess
 import sys
 

@@ -19,7 +19,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Sequence, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -56,11 +56,6 @@ class Geometry:
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)
         return image
-
-    @property
-    def spacing_zyx(self) -> Tuple[float, float, float]:
-        """Spacing in array order (z, y, x)."""
-        return tuple(reversed(self.spacing))
 
     def differences(self, other: "Geometry", tolerance: float = 1e-4) -> list:
         """Names of the fields (spacing / origin / direction) that differ beyond tolerance.
@@ -246,8 +241,3 @@ def write_dicom_series(folder: PathLike, array: np.ndarray, geometry: Geometry,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def stack_channels(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """Stacks per-channel ``(z, y, x)`` arrays into ``(z, y, x, c)``."""
-    return np.stack([np.asarray(a) for a in arrays], axis=-1)

@@ -1,0 +1,162 @@
+"""Random augmentation as Keras layers on ``keras.ops``.
+
+Every layer (in :mod:`vnet_tf.augment_spatial` and :mod:`vnet_tf.augment_intensity`,
+all importable from here) takes and returns a dict ``{"image": (B, D, H, W, C) float, "label":
+(B, D, H, W) int}`` (``"label"`` optional; an unbatched ``(D, H, W, C)`` image and
+``(D, H, W)`` label work too), draws its random numbers from its own
+``keras.random.SeedGenerator`` and applies each transform to each sample with its own
+probability. The same layers run inside ``tf.data.Dataset.map`` (host), inside a compiled
+training step (device), and under Keras's JAX backend.
+
+Spatial transforms are composed into one resampling: :class:`RandomSpatialTransform`
+builds one coordinate field ``c + A (p - c) + u(p)`` per sample (``A`` the random
+rotation/scaling about the centre ``c``, ``u`` the cubic B-spline displacement) and samples
+the image once (trilinear) and the label once (nearest neighbour, or one-hot trilinear +
+argmax). Flips are exact index reversals of the result.
+
+The paper's augmentation (Milletari et al. 2016, section 3): a B-spline deformation from a
+2x2x2-cell control grid with control points displaced by N(0, 15 voxels), and histogram
+matching to another training volume, drawn anew every iteration::
+
+    RandomElasticDeformation(probability=1.0, mesh_size=(2, 2, 2), sigma=15.0)
+    HistogramMatching(reference_quantiles=quantile_table(train_images), probability=1.0)
+
+(The official code instead uses p = 0.5 for the deformation and zeroes one displacement
+component: ``axes=(False, True, True)``.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+import keras
+from keras import layers
+
+from vnet_tf.augment_base import AugmentationLayer
+from vnet_tf.augment_intensity import (HistogramMatching, RandomBrightnessContrast,
+                                       RandomGamma, RandomGaussianBlur, RandomGaussianNoise,
+                                       quantile_table)
+from vnet_tf.augment_spatial import (RandomAffine, RandomElasticDeformation, RandomFlip,
+                                     RandomSpatialTransform)
+
+__all__ = [
+    "Augmentation", "AugmentConfig", "build_augmentation", "quantile_table",
+    "HistogramMatching", "RandomBrightnessContrast", "RandomGamma", "RandomGaussianBlur",
+    "RandomGaussianNoise", "RandomAffine", "RandomElasticDeformation", "RandomFlip",
+    "RandomSpatialTransform",
+]
+
+
+@keras.saving.register_keras_serializable(package="vnet_tf")
+class Augmentation(AugmentationLayer):
+    """Applies augmentation layers in order, on one dict of image and label."""
+
+    def __init__(self, transforms: Sequence[layers.Layer] = (), **kwargs):
+        kwargs.pop("seed", None)
+        super().__init__(**kwargs)
+        self.transforms = [keras.saving.deserialize_keras_object(t) if isinstance(t, dict) else t
+                           for t in transforms]
+
+    def transform(self, image, label):
+        for layer in self.transforms:
+            image, label = layer.transform(image, label)
+        return image, label
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("seed")
+        config["transforms"] = [keras.saving.serialize_keras_object(t) for t in self.transforms]
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and strengths of every transform; a probability of 0 leaves it out.
+
+    Order of application: histogram matching, one spatial resampling (affine + elastic),
+    noise, blur, brightness/contrast, gamma, flips.
+    """
+
+    histogram_probability: float = 0.0
+    histogram_landmarks: int = 11
+    elastic_probability: float = 0.0
+    elastic_mesh: Tuple[int, int, int] = (2, 2, 2)
+    elastic_sigma: float = 15.0
+    elastic_axes: Tuple[bool, bool, bool] = (True, True, True)
+    affine_probability: float = 0.0
+    rotation_degrees: Tuple[float, float, float] = (15.0, 15.0, 15.0)
+    scale_range: Tuple[float, float] = (0.85, 1.15)
+    anisotropic_scale: float = 0.0
+    label_interpolation: str = "nearest"
+    fill_mode: str = "nearest"
+    noise_probability: float = 0.0
+    noise_std: float = 0.1
+    blur_probability: float = 0.0
+    blur_sigma: Tuple[float, float] = (0.5, 1.0)
+    brightness_contrast_probability: float = 0.0
+    brightness_range: Tuple[float, float] = (0.75, 1.25)
+    contrast_range: Tuple[float, float] = (0.75, 1.25)
+    gamma_probability: float = 0.0
+    gamma_range: Tuple[float, float] = (0.7, 1.5)
+    flip_axes: Tuple[int, ...] = ()
+    flip_probability: float = 0.5
+
+    @classmethod
+    def paper(cls, **overrides) -> "AugmentConfig":
+        """Milletari et al.: B-spline deformation (2x2x2 cells, sigma 15 voxels) and
+        histogram matching, on every sample."""
+        return cls(**{"elastic_probability": 1.0, "histogram_probability": 1.0, **overrides})
+
+    @property
+    def enabled(self) -> bool:
+        return any(p > 0 for p in (
+            self.histogram_probability, self.elastic_probability, self.affine_probability,
+            self.noise_probability, self.blur_probability, self.brightness_contrast_probability,
+            self.gamma_probability)) or (self.flip_probability > 0 and len(self.flip_axes) > 0)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def build_augmentation(config: AugmentConfig, num_classes: int = 2, reference_quantiles=None,
+                       seed: Optional[int] = None) -> Optional[Augmentation]:
+    """The :class:`Augmentation` layer for ``config`` (``None`` when nothing is enabled).
+
+    ``reference_quantiles`` (:func:`quantile_table` of the training images) are the targets
+    of histogram matching; without them a sample is matched to another one of its batch.
+    Each transform gets its own seed derived from ``seed``. Invalid values raise
+    ``ValueError`` naming the setting.
+    """
+    if not config.enabled:
+        return None
+    base = 0 if seed is None else int(seed) * 16
+
+    def child_seed(k):
+        return None if seed is None else base + k
+
+    transforms = []
+    if config.histogram_probability > 0:
+        transforms.append(HistogramMatching(reference_quantiles, config.histogram_probability,
+                                            num_landmarks=config.histogram_landmarks, seed=child_seed(1)))
+    if config.elastic_probability > 0 or config.affine_probability > 0:
+        transforms.append(RandomSpatialTransform(
+            elastic_probability=config.elastic_probability, mesh_size=config.elastic_mesh,
+            sigma=config.elastic_sigma, elastic_axes=config.elastic_axes,
+            affine_probability=config.affine_probability, rotation_degrees=config.rotation_degrees,
+            scale_range=config.scale_range, anisotropic_scale=config.anisotropic_scale,
+            label_interpolation=config.label_interpolation, num_classes=num_classes,
+            fill_mode=config.fill_mode, seed=child_seed(2)))
+    if config.noise_probability > 0:
+        transforms.append(RandomGaussianNoise(config.noise_probability, config.noise_std, seed=child_seed(3)))
+    if config.blur_probability > 0:
+        transforms.append(RandomGaussianBlur(config.blur_probability, config.blur_sigma, seed=child_seed(4)))
+    if config.brightness_contrast_probability > 0:
+        transforms.append(RandomBrightnessContrast(config.brightness_contrast_probability,
+                                                   config.brightness_range, config.contrast_range,
+                                                   seed=child_seed(5)))
+    if config.gamma_probability > 0:
+        transforms.append(RandomGamma(config.gamma_probability, config.gamma_range, seed=child_seed(6)))
+    if config.flip_probability > 0 and config.flip_axes:
+        transforms.append(RandomFlip(config.flip_axes, config.flip_probability, seed=child_seed(7)))
+    return Augmentation(transforms, name="augmentation")

@@ -31,3 +31,29 @@ def subprocess_env(**extra):
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
+
+
+# A tiny training run on the embedded demo data, shared by the train / evaluate / export tests.
+TINY_TRAIN = ["--demo_cases=6", "--patch_size=16,16,16", "--depth=3", "--base_width=4",
+              "--batch_size=2", "--num_folds=3", "--fold=0", "--progress=false"]
+
+
+def run_train(workdir, cache_dir, *args, timeout=600, env=None):
+    import subprocess
+    import sys
+    cmd = [sys.executable, "train.py", "--flagfile=configs/demo.flags", *TINY_TRAIN, *args,
+           f"--workdir={workdir}", f"--cache_dir={cache_dir}"]
+    run_env = env or subprocess_env()
+    run_env.pop("TF_ENABLE_ONEDNN_OPTS", None) if env is None else None
+    return subprocess.run(cmd, cwd=REPO, env=run_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished 40-step demo run with augmentation and validation: (workdir, completed process)."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    out = run_train(root / "run", root / "cache", "--steps=40", "--validation_every=20",
+                    "--checkpoint_every=10", "--aug_elastic_p=0.3", "--aug_elastic_sigma=2",
+                    "--aug_flip_axes=2", "--aug_gamma_p=0.2", "--learning_rate=0.01")
+    assert out.returncode == 0, out.stderr[-4000:]
+    return root / "run", out

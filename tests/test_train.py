@@ -1,56 +1,178 @@
-"""train.py on the embedded demo dataset, its flag checks, and patch sampling."""
+"""train.py / vnet_tf.training: workdir outputs, exact resume after SIGKILL, strategies,
+flag checks, mixed precision."""
 
+import dataclasses
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 
-from conftest import REPO, subprocess_env
-from vnet_tf.training import sample_patch
-
-TINY = ["--demo_cases=3", "--patch_size=16,16,16", "--depth=3", "--base_width=4", "--batch_size=1"]
-
-
-def _run(tmp_path, *args):
-    cmd = [sys.executable, "train.py", *args, f"--workdir={tmp_path / 'run'}", f"--cache_dir={tmp_path / 'cache'}"]
-    env = subprocess_env()
-    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+from conftest import REPO, run_train, subprocess_env
+from vnet_tf.checkpoint import read_meta
 
 
-def test_demo_run_writes_its_outputs_with_onednn_on(tmp_path):
-    out = _run(tmp_path, "--flagfile=configs/demo.flags", *TINY, "--steps=4")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "oneDNN CPU kernels: on" in out.stdout
-    run = tmp_path / "run"
+def test_run_writes_every_workdir_item(tiny_run):
+    run, out = tiny_run
+    assert "oneDNN CPU kernels: on" in out.stdout and "outputs in" in out.stdout
+    for name in ("flags.txt", "config.json", "checkpoint.npz", "best.npz", "best.keras", "model.keras", "summary.json"):
+        assert (run / name).is_file(), name
     flags_text = (run / "flags.txt").read_text()
-    assert "--steps=4" in flags_text and "--patch_size=16,16,16" in flags_text  # later flags win
-    assert (run / "model.keras").is_file()
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 4 and len(summary["validation_dice_per_class"]) == 3
+    assert "--steps=40" in flags_text and "--patch_size=16,16,16" in flags_text  # later flags win
     config = json.loads((run / "config.json").read_text())
-    assert config["num_classes"] == 3 and len(config["validation_cases"]) == 1
-    assert (tmp_path / "cache" / "demo_data_3" / "dataset.json").is_file()
-    assert "outputs in" in out.stdout
+    assert config["num_classes"] == 3 and config["validation_cases"] and config["train_cases"]
+    assert not set(config["validation_cases"]) & set(config["train_cases"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 40 and len(summary["validation_dice_per_class"]) == 3
+    losses = summary["loss_history"]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]), losses
+    assert read_meta(run / "checkpoint.npz")["step"] == 40
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    import tensorflow as tf
+    tags = set()
+    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
+        tags.update(v.tag for v in event.summary.value)
+    for tag in ("train/loss", "train/learning_rate", "train/steps_per_second", "validation/dice_class_1",
+                "validation/mid_slice_image_reference_prediction"):
+        assert tag in tags, (tag, tags)
 
 
-def test_bad_flags_fail_before_any_work(tmp_path):
-    out = _run(tmp_path, *TINY, "--patch_size=30,32,32")
-    assert out.returncode != 0 and "--patch_size (30, 32, 32) must be multiples of 4" in out.stderr
-    out = _run(tmp_path, "--batch_size=0")
-    assert out.returncode != 0 and "batch_size" in out.stderr
-    assert not (tmp_path / "cache").exists()
+def _weights(path):
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files if k != "__meta__"}
 
 
-def test_sample_patch_pads_and_centres_on_foreground(rng):
-    image = rng.normal(size=(6, 40, 40, 1)).astype(np.float32)
-    label = np.zeros((6, 40, 40), np.uint8)
-    label[3, 35, 35] = 2
-    img, lab = sample_patch(image, label, (16, 16, 16), rng, foreground=True)
-    assert img.shape == (16, 16, 16, 1) and lab.shape == (16, 16, 16)
-    assert lab.sum() == 2  # the only foreground voxel is inside the patch
-    empty_slices = np.all(img == 0, axis=(1, 2, 3))
-    assert empty_slices.sum() == 10  # depth 6 < 16: 10 zero-padded slices
-    img, lab = sample_patch(image, label, (4, 8, 8), rng, foreground=False)
-    assert img.shape == (4, 8, 8, 1)
+def test_kill_and_resume_gives_identical_weights(tmp_path):
+    args = ["--steps=16", "--checkpoint_every=4", "--validation_every=100", "--deterministic",
+            "--aug_elastic_p=0.5", "--aug_elastic_sigma=2", "--aug_noise_p=0.5", "--aug_flip_axes=0,1,2",
+            "--dropout=0.1"]
+    cache = tmp_path / "cache"
+    whole = run_train(tmp_path / "whole", cache, *args)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    cmd = [sys.executable, "train.py", "--flagfile=configs/demo.flags", "--demo_cases=6", "--patch_size=16,16,16",
+           "--depth=3", "--base_width=4", "--batch_size=2", "--num_folds=3", "--progress=false", *args,
+           f"--workdir={tmp_path / 'killed'}", f"--cache_dir={cache}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoint.npz"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = read_meta(checkpoint)["step"]
+    assert killed_at < 16, "the run finished before it could be killed"
+    resumed = run_train(tmp_path / "killed", cache, *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from" in resumed.stdout and f"at step {killed_at}" in resumed.stdout
+    a, b = _weights(tmp_path / "whole" / "checkpoint.npz"), _weights(checkpoint)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert read_meta(checkpoint)["step"] == 16
+
+
+def test_resuming_with_other_settings_is_refused(tiny_run, tmp_path):
+    run, _ = tiny_run
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    out = run_train(copy, tmp_path / "cache", "--steps=41", "--base_width=8")
+    assert out.returncode != 0 and "other settings" in out.stderr and "model" in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--patch_size=30,32,32"], "--patch_size (30, 32, 32) must be multiples of 4"),
+    (["--batch_size=0"], "batch_size"),
+    (["--aug_elastic_p=1.5"], "aug_elastic_p"),
+    (["--loss=focal"], "loss"),
+    (["--aug_scale=1.2"], "--aug_scale: expected 2 values"),
+    (["--fold=7"], "fold"),
+])
+def test_bad_flags_fail_before_any_work(tmp_path, args, message):
+    out = run_train(tmp_path / "run", tmp_path / "cache", *args)
+    assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+def _tiny_config(tmp_path, **overrides):
+    from vnet_tf.demo_data import write_demo_dataset
+    from vnet_tf.model import VNetConfig
+    from vnet_tf.training import TrainConfig
+    data = write_demo_dataset(tmp_path / "demo", 6)
+    base = TrainConfig(data_dir=str(data), workdir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                       model=VNetConfig(base_width=4, depth=3, kernel_size=3, normalization="instance"),
+                       patch_size_zyx=(16, 16, 16), steps=3, num_folds=3, validation_every=100,
+                       checkpoint_every=100)
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_losses_are_finite(tmp_path, policy):
+    from vnet_tf.training import train
+    summary = train(_tiny_config(tmp_path, mixed_precision=policy), log=lambda s: None, progress=False)
+    assert np.all(np.isfinite(summary["loss_history"])) and len(summary["loss_history"]) == 3
+
+
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+    code = f"""
+import vnet_tf, sys, dataclasses
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {str(REPO / 'tests')!r})
+import numpy as np, pathlib
+from test_train import _tiny_config
+from vnet_tf.training import train
+result = {{}}
+def check(model, strategy):
+    result['replicas'] = strategy.num_replicas_in_sync
+    for v in model.trainable_variables:
+        copies = [np.asarray(c) for c in v.value.values]
+        assert len(copies) == 2 and all(np.array_equal(copies[0], c) for c in copies[1:]), v.path
+summary = train(_tiny_config(pathlib.Path({str(tmp_path)!r}), strategy='mirrored', batch_size=4),
+                log=lambda s: None, progress=False, on_end=check)
+print('replicas', result['replicas'], 'finite', bool(np.all(np.isfinite(summary['loss_history']))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "replicas 2 finite True" in out.stdout
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_multi_worker_strategy_two_processes(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = subprocess_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        cmd = [sys.executable, "train.py", "--flagfile=configs/demo.flags", "--demo_cases=6", "--patch_size=16,16,16",
+               "--depth=3", "--base_width=4", "--batch_size=4", "--num_folds=3", "--progress=false", "--steps=3",
+               "--checkpoint_every=100", "--validation_every=100", "--strategy=multi_worker",
+               f"--workdir={tmp_path / f'worker{index}'}", f"--cache_dir={tmp_path / f'cache{index}'}"]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outs):
+        assert p.returncode == 0, stderr[-4000:]
+    a = _weights(tmp_path / "worker0" / "checkpoint.npz")
+    b = _weights(tmp_path / "worker1" / "checkpoint.npz")
+    model_keys = [k for k in a if k.startswith("model/")]
+    assert model_keys
+    for key in model_keys:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -18,6 +18,7 @@ Layouts:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 import re
@@ -185,3 +186,20 @@ def find_cases(data_dir: PathLike, layout: str = "auto", image_glob: Optional[st
     if duplicates:
         raise ValueError(f"{root}: case ids occur more than once: {duplicates}")
     return dataset
+
+
+def fold_of(case_id: str, num_folds: int) -> int:
+    """The cross-validation fold of a case: a stable hash of its id modulo ``num_folds``, so
+    a case keeps its fold when cases are added or removed."""
+    digest = hashlib.sha256(case_id.encode("utf-8")).hexdigest()
+    return int(digest[:8], 16) % num_folds
+
+
+def split_cases(cases: List[Case], num_folds: int = 5, fold: int = 0) -> Tuple[List[Case], List[Case]]:
+    """``(training, validation)``: the validation cases are those whose :func:`fold_of` is
+    ``fold``; order is kept."""
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in [0, num_folds) with num_folds >= 2, got fold={fold}, num_folds={num_folds}")
+    validation = [c for c in cases if fold_of(c.case_id, num_folds) == fold]
+    training = [c for c in cases if fold_of(c.case_id, num_folds) != fold]
+    return training, validation

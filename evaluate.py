@@ -1,0 +1,108 @@
+"""Segment held-out cases and report Dice / IoU / HD / HD95 / ASSD per case and label.
+
+    python evaluate.py --model=runs/hippocampus --data_dir=DATA --output_dir=OUT [--fold=0]
+    python evaluate.py --predictions_dir=PRED --data_dir=DATA --output_dir=OUT   # score files
+
+--model is a training workdir (its best.keras and config.json: preprocessing and
+sliding-window settings as at training; --overlap, --mirror_axes and --postprocess
+override them). Writes OUT/predictions/, metrics.csv, summary.json and figures/. Exits
+non-zero, saying how many, when a case failed.
+"""
+
+import vnet_tf  # noqa: F401  (first: turns oneDNN on before TensorFlow loads)
+
+import dataclasses
+import pathlib
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "", "a training workdir (config.json + best.keras / model.keras)")
+flags.DEFINE_enum("which", "best", ["best", "final"], "which model of the workdir")
+flags.DEFINE_string("predictions_dir", "", "score the predictions in this folder instead of running a model")
+flags.DEFINE_string("data_dir", "", "dataset folder with labels (any layout train.py reads)")
+flags.DEFINE_enum("layout", "auto", ["auto", "msd", "nnunet", "promise12"], "dataset layout")
+flags.DEFINE_string("output_dir", "", "where the predictions and the report go")
+flags.DEFINE_integer("fold", -1, "only the cases of this fold (case-id hash, as train.py); -1 = all")
+flags.DEFINE_integer("num_folds", 5, "folds for --fold", lower_bound=2)
+flags.DEFINE_integer("max_cases", 0, "score at most this many cases (0 = all)", lower_bound=0)
+flags.DEFINE_float("overlap", None, "sliding-window overlap (default: the run's)")
+flags.DEFINE_list("mirror_axes", None, "test-time mirroring axes 0=z,1=y,2=x (default: the run's); 'none' = off")
+flags.DEFINE_enum("postprocess", None, ["none", "largest", "min_size"], "post-processing (default: the run's)")
+flags.DEFINE_integer("window_batch", None, "windows per forward pass", lower_bound=1)
+flags.DEFINE_bool("figures", True, "write PNG figures")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if bool(FLAGS.model) == bool(FLAGS.predictions_dir):
+        raise app.UsageError("give exactly one of --model and --predictions_dir")
+    for name in ("data_dir", "output_dir"):
+        if not getattr(FLAGS, name):
+            raise app.UsageError(f"--{name} is required")
+    if not pathlib.Path(FLAGS.data_dir).is_dir():
+        raise app.UsageError(f"--data_dir {FLAGS.data_dir}: no such folder")
+    source = FLAGS.model or FLAGS.predictions_dir
+    if not pathlib.Path(source).is_dir():
+        raise app.UsageError(f"--{'model' if FLAGS.model else 'predictions_dir'} {source}: no such folder")
+
+    from vnet_tf.cases import find_cases, fold_of  # pylint: disable=import-outside-toplevel
+    from vnet_tf.evaluation import evaluate_cases  # pylint: disable=import-outside-toplevel
+
+    dataset = find_cases(FLAGS.data_dir, FLAGS.layout)
+    cases = dataset.cases
+    if FLAGS.fold >= 0:
+        if FLAGS.fold >= FLAGS.num_folds:
+            raise app.UsageError(f"--fold {FLAGS.fold} must be < --num_folds {FLAGS.num_folds}")
+        cases = [c for c in cases if fold_of(c.case_id, FLAGS.num_folds) == FLAGS.fold]
+    if FLAGS.max_cases:
+        cases = cases[: FLAGS.max_cases]
+    settings = {"data_dir": FLAGS.data_dir, "fold": FLAGS.fold, "num_folds": FLAGS.num_folds,
+                "model": FLAGS.model or None, "which": FLAGS.which if FLAGS.model else None,
+                "predictions_dir": FLAGS.predictions_dir or None}
+    kwargs = {}
+    if FLAGS.model:
+        from vnet_tf.inference import keras_predictor  # pylint: disable=import-outside-toplevel
+        from vnet_tf.training import load_run, run_configs  # pylint: disable=import-outside-toplevel
+        model, run = load_run(FLAGS.model, FLAGS.which)
+        preprocess, inference = run_configs(run)
+        overrides = {}
+        if FLAGS.overlap is not None:
+            overrides["overlap"] = FLAGS.overlap
+        if FLAGS.mirror_axes is not None:
+            axes = [] if FLAGS.mirror_axes == ["none"] else FLAGS.mirror_axes
+            try:
+                overrides["mirror_axes"] = tuple(int(a) for a in axes)
+            except ValueError as err:
+                raise app.UsageError(f"--mirror_axes: expected integers 0-2 or 'none', got {FLAGS.mirror_axes}") from err
+        if FLAGS.postprocess is not None:
+            overrides["postprocess"] = FLAGS.postprocess
+        if FLAGS.window_batch is not None:
+            overrides["batch_size"] = FLAGS.window_batch
+        try:
+            inference = dataclasses.replace(inference, **overrides).validate()
+        except ValueError as err:
+            raise app.UsageError(f"invalid flag value: {err}") from err
+        labels = list(range(1, run["num_classes"]))
+        settings.update(preprocess=preprocess.to_dict(), inference=inference.to_dict())
+        kwargs = dict(predictor=keras_predictor(model), preprocess=preprocess, inference=inference)
+    else:
+        labels = sorted(k for k in (dataset.labels or {}) if k > 0) or [1]
+        kwargs = dict(predictions_dir=FLAGS.predictions_dir)
+    summary = evaluate_cases(cases, FLAGS.output_dir, labels, settings=settings, figures=FLAGS.figures, **kwargs)
+    for k, stats in summary["per_label"].items():
+        d, h = stats["dice"], stats["hd95"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"label {k}: Dice {fmt(d['mean'])} ± {fmt(d['std'])}, HD95 {fmt(h['mean'])} mm "
+              f"({h['missing']} missing), n={d['n']}")
+    print(f"report in {pathlib.Path(FLAGS.output_dir).resolve()}")
+    if summary["num_failed"]:
+        print(f"{summary['num_failed']} of {len(cases)} cases failed; see summary.json 'failed'", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

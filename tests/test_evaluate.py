@@ -1,0 +1,85 @@
+"""evaluate.py end to end: scoring existing predictions, running a trained workdir, and a
+few hippocampus cases."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import REPO, subprocess_env
+from vnet_tf.demo_data import write_demo_dataset
+from vnet_tf.io import read_volume, write_volume
+
+
+def _evaluate(*args):
+    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_scores_existing_predictions_and_reports_failures(tmp_path):
+    data = write_demo_dataset(tmp_path / "data", 3)
+    preds = tmp_path / "preds"
+    labels = sorted((data / "labelsTr").glob("*.nii.gz"))
+    preds.mkdir()
+    shutil.copy(labels[0], preds / labels[0].name)
+    label, geometry = read_volume(labels[1])
+    eroded = label.copy()
+    eroded[label == 1] = 0  # label 1 missing entirely in this prediction
+    write_volume(preds / labels[1].name, eroded, geometry)
+    # no prediction for the third case
+    out = _evaluate(f"--predictions_dir={preds}", f"--data_dir={data}", f"--output_dir={tmp_path / 'report'}")
+    assert out.returncode == 1 and "1 of 3 cases failed" in out.stderr, out.stderr[-2000:]
+    report = tmp_path / "report"
+    rows = list(csv.DictReader(open(report / "metrics.csv")))
+    assert len(rows) == 4 and {r["label"] for r in rows} == {"1", "2"}
+    first = [r for r in rows if r["case_id"] == "demo_000"]
+    assert all(float(r["dice"]) == 1.0 and float(r["hd95"]) == 0.0 for r in first)
+    missing = [r for r in rows if r["case_id"] == "demo_001" and r["label"] == "1"][0]
+    assert float(missing["dice"]) == 0.0 and missing["hd95"] == "nan" and missing["distances_missing"] == "True"
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["num_failed"] == 1 and summary["failed"][0]["case_id"] == "demo_002"
+    assert summary["per_label"]["1"]["hd95"]["missing"] == 1 and summary["empty_masks"]["1"]["prediction_empty_only"] == 1
+    assert summary["per_label"]["2"]["dice"]["mean"] == 1.0
+    assert (report / "figures" / "boxplot_dice_hd95.png").is_file()
+    assert (report / "figures" / "demo_000.png").is_file()
+
+
+def test_evaluates_a_training_workdir(tiny_run, tmp_path):
+    run, _ = tiny_run
+    data = run.parent / "cache" / "demo_data_6"
+    out = _evaluate(f"--model={run}", f"--data_dir={data}", f"--output_dir={tmp_path / 'report'}",
+                    "--mirror_axes=2", "--fold=0", "--num_folds=3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "label 1: Dice" in out.stdout and "ETA" in out.stdout
+    report = tmp_path / "report"
+    summary = json.loads((report / "summary.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert sorted(r["case_id"] for r in summary["cases"]) == sorted(config["validation_cases"])
+    assert summary["settings"]["inference"]["mirror_axes"] == [2]
+    for record in summary["cases"]:
+        written = sitk.ReadImage(str(report / "predictions" / f"{record['case_id']}.nii.gz"))
+        original = sitk.ReadImage(str(data / "imagesTr" / f"{record['case_id']}.nii.gz"))
+        assert written.GetSize() == original.GetSize() and written.GetSpacing() == original.GetSpacing()
+        assert written.GetOrigin() == original.GetOrigin() and written.GetDirection() == original.GetDirection()
+        assert np.isfinite(record["labels"]["1"]["dice"])
+
+
+def test_evaluates_hippocampus_cases(tiny_run, tmp_path, hippocampus_dir):
+    run, _ = tiny_run
+    out = _evaluate(f"--model={run}", f"--data_dir={hippocampus_dir}", f"--output_dir={tmp_path / 'report'}",
+                    "--max_cases=2", "--mirror_axes=none", "--figures=false")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["num_cases"] == 2 and set(summary["per_label"]) == {"1", "2"}
+    assert len(list((tmp_path / "report" / "predictions").glob("hippocampus_*.nii.gz"))) == 2
+
+
+def test_bad_arguments(tmp_path):
+    out = _evaluate(f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}")
+    assert out.returncode != 0 and "exactly one of --model and --predictions_dir" in out.stderr
+    out = _evaluate(f"--model={tmp_path / 'nope'}", f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}")
+    assert out.returncode != 0 and "--model" in out.stderr and "no such folder" in out.stderr

@@ -1,0 +1,86 @@
+"""Training-state checkpoints that are never half-written.
+
+A checkpoint is one ``.npz`` file holding every variable of the model, the optimiser
+(moments, iteration counter, loss scale), the augmentation random generators, and a JSON
+``meta`` record (step, best score, ...). It is written under a temporary name in the same
+folder, flushed to disk, and renamed over the previous one, so a process killed at any
+moment leaves either the old or the new checkpoint, complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from vnet_tf.io import PathLike
+
+
+def _keyed(groups: Dict[str, list]) -> Dict[str, object]:
+    """Variables keyed by group and position (names are not stable across processes: Keras
+    numbers unnamed variables globally). Shapes are checked on restore."""
+    out = {}
+    for group, variables in groups.items():
+        for i, variable in enumerate(variables):
+            out[f"{group}/{i:04d}"] = variable
+    return out
+
+
+def save_checkpoint(path: PathLike, groups: Dict[str, list], meta: dict) -> pathlib.Path:
+    """Writes ``{group: [variables]}`` and ``meta`` atomically to ``path``."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {key: np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
+              for key, variable in _keyed(groups).items()}
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_meta(path: PathLike) -> Optional[dict]:
+    """The ``meta`` record of a checkpoint, or ``None`` where there is none."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return json.loads(str(data["__meta__"]))
+
+
+def restore_checkpoint(path: PathLike, groups: Dict[str, list]) -> Tuple[dict, int]:
+    """Assigns every variable of ``groups`` from ``path``; returns ``(meta, count)``.
+
+    Raises ``ValueError`` naming the file and the variable where a variable is missing from
+    the checkpoint, the checkpoint holds variables the objects lack, or a shape differs.
+    """
+    path = pathlib.Path(path)
+    keyed = _keyed(groups)
+    with np.load(path) as data:
+        stored = {k: data[k] for k in data.files if k != "__meta__"}
+        meta = json.loads(str(data["__meta__"]))
+    missing = sorted(set(keyed) - set(stored))
+    unused = sorted(set(stored) - set(keyed))
+    if missing or unused:
+        raise ValueError(f"checkpoint {path} does not match the model being trained: "
+                         f"{len(missing)} variables missing from it (e.g. {missing[:3]}), "
+                         f"{len(unused)} not used (e.g. {unused[:3]}); was it written with other settings?")
+    for key, variable in keyed.items():
+        value = stored[key]
+        if tuple(value.shape) != tuple(variable.shape):
+            name = getattr(variable, "path", key)
+            raise ValueError(f"checkpoint {path}: variable {key} ({name}) has shape {value.shape}, "
+                             f"the model expects {tuple(variable.shape)}")
+        variable.assign(value)
+    return meta, len(keyed)

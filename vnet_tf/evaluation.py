@@ -1,0 +1,193 @@
+"""Score a set of cases: segment them (or read existing predictions), write each prediction
+in its scan's own format and geometry, and report metrics per case and label.
+
+Outputs in ``output_dir``: ``predictions/<case><suffix of the scan>``, ``metrics.csv`` (one
+row per case and label), ``summary.json`` (per-case records; mean / median / std per label
+and over the foreground labels; empty-mask counts; failed cases; the settings), and
+``figures/`` (per case, three orthogonal mid-slices through the reference structure with
+reference and prediction contours; box plots of Dice and HD95 per label).
+
+A case that fails (unreadable file, geometry mismatch, missing prediction) is reported in
+``failed`` and skipped; the others are still scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from vnet_tf.cases import Case
+from vnet_tf.inference import InferenceConfig, Predictor, predict_case
+from vnet_tf.io import PathLike, read_image, read_volume, volume_suffix, write_volume
+from vnet_tf.metrics import METRICS, case_metrics, summarize
+from vnet_tf.preprocess import PreprocessConfig
+
+CSV_FIELDS = ("case_id", "label") + METRICS + ("distances_missing",)
+
+
+def find_prediction(predictions_dir: pathlib.Path, case_id: str) -> pathlib.Path:
+    matches = sorted(p for p in predictions_dir.iterdir() if p.name.startswith(case_id + ".")
+                     or p.name == case_id)
+    if not matches:
+        raise FileNotFoundError(f"no prediction for case {case_id} in {predictions_dir} "
+                                f"(expected a file named {case_id}.<ext>)")
+    return matches[0]
+
+
+def _progress(done: int, total: int, started: float, text: str) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    elapsed = time.perf_counter() - started
+    eta = elapsed / max(done, 1) * (total - done)
+    sys.stdout.write(f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ETA {eta:5.0f}s {text}\n")
+    sys.stdout.flush()
+
+
+def evaluate_cases(cases: Sequence[Case], output_dir: PathLike, labels: Sequence[int],
+                   predictor: Optional[Predictor] = None, preprocess: Optional[PreprocessConfig] = None,
+                   inference: Optional[InferenceConfig] = None, predictions_dir: Optional[PathLike] = None,
+                   settings: Optional[dict] = None, figures: bool = True,
+                   progress: Callable[[int, int, float, str], None] = _progress) -> dict:
+    """Segments (with ``predictor``) or reads (from ``predictions_dir``) every case, scores
+    it against its label for ``labels`` (foreground label values) and writes the report.
+    Returns the summary (also written to ``summary.json``)."""
+    if (predictor is None) == (predictions_dir is None):
+        raise ValueError("give either a predictor (a model) or predictions_dir, not both or neither")
+    out = pathlib.Path(output_dir)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    records, failed, timings = [], [], []
+    started = time.perf_counter()
+    for i, case in enumerate(cases):
+        try:
+            if case.label is None:
+                raise ValueError(f"case {case.case_id} has no reference label")
+            reference, ref_geometry = read_volume(case.label)
+            t0 = time.perf_counter()
+            if predictor is not None:
+                images = [read_image(p) for p in case.images]
+                prediction = predict_case(images, predictor, preprocess, inference)
+                label, geometry = prediction.label, prediction.geometry
+                timings.append(time.perf_counter() - t0)
+                target = out / "predictions" / f"{case.case_id}{volume_suffix(case.images[0])}"
+                write_volume(target, label.astype(np.uint8), geometry)
+            else:
+                label, geometry = read_volume(find_prediction(pathlib.Path(predictions_dir), case.case_id))
+            problems = geometry.differences(ref_geometry)
+            if problems or label.shape != reference.shape:
+                raise ValueError(f"prediction of {case.case_id} is not on the reference grid: "
+                                 f"shape {label.shape} vs {reference.shape}; {'; '.join(problems)}")
+            spacing_zyx = tuple(ref_geometry.spacing[::-1])
+            scores = case_metrics(label, reference, spacing_zyx, labels)
+            records.append({"case_id": case.case_id, "labels": {str(k): v for k, v in scores.items()}})
+            if figures:
+                _case_figure(out / "figures" / f"{case.case_id}.png", reference, label, case, labels)
+            text = " ".join(f"dice{k}={v['dice']:.3f}" for k, v in scores.items())
+        except Exception as err:  # reported, skipped, counted
+            failed.append({"case_id": case.case_id, "error": f"{type(err).__name__}: {err}"})
+            text = f"FAILED: {err}"
+        progress(i + 1, len(cases), started, f"{case.case_id} {text}")
+    summary = _summarize(records, failed, labels, settings or {})
+    if timings:
+        summary["seconds_per_case"] = summarize(timings)
+    _write_csv(out / "metrics.csv", records)
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
+    if figures and records:
+        _box_plots(out / "figures" / "boxplot_dice_hd95.png", records, labels)
+    return summary
+
+
+def _summarize(records: List[dict], failed: List[dict], labels: Sequence[int], settings: dict) -> dict:
+    per_label, empty = {}, {}
+    for k in labels:
+        rows = [r["labels"][str(k)] for r in records]
+        per_label[str(k)] = {m: summarize([row[m] for row in rows]) for m in METRICS}
+        empty[str(k)] = {
+            "both_empty": sum(1 for row in rows if row["volume_reference_mm3"] == 0 and row["volume_prediction_mm3"] == 0),
+            "reference_empty_only": sum(1 for row in rows if row["volume_reference_mm3"] == 0 < row["volume_prediction_mm3"]),
+            "prediction_empty_only": sum(1 for row in rows if row["volume_prediction_mm3"] == 0 < row["volume_reference_mm3"]),
+        }
+    foreground = {}
+    for m in ("dice", "iou", "hd", "hd95", "assd"):
+        case_means = []
+        for r in records:
+            vals = [r["labels"][str(k)][m] for k in labels]
+            vals = [v for v in vals if not math.isnan(v)]
+            case_means.append(float(np.mean(vals)) if vals else math.nan)
+        foreground[m] = summarize(case_means)
+    return {"cases": records, "per_label": per_label, "foreground_mean": foreground,
+            "empty_masks": empty, "failed": failed, "num_cases": len(records), "num_failed": len(failed),
+            "rules": ("both masks empty: Dice = IoU = 1, distances 0; one empty: Dice = IoU = 0, distances "
+                      "missing (NaN in metrics.csv), excluded from distance means and counted in 'missing'"),
+            "settings": settings}
+
+
+def _json_safe(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _write_csv(path: pathlib.Path, records: List[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in records:
+            for k, m in r["labels"].items():
+                writer.writerow({"case_id": r["case_id"], "label": k, **{f: m[f] for f in CSV_FIELDS[2:]}})
+
+
+def _case_figure(path: pathlib.Path, reference, prediction, case: Case, labels) -> None:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    image, _ = read_volume(case.images[0])
+    if image.ndim == 4:
+        image = image[..., 0]
+    fg = np.argwhere(reference > 0)
+    centre = fg.mean(axis=0).round().astype(int) if len(fg) else np.array(reference.shape) // 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    for ax, axis, name in zip(axes, range(3), ("axial (z)", "coronal (y)", "sagittal (x)")):
+        take = lambda a: np.take(a, centre[axis], axis=axis)  # noqa: E731
+        ax.imshow(take(image), cmap="gray")
+        for k, colour in zip(labels, ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple")):
+            for data, style in ((reference, "-"), (prediction, "--")):
+                mask = (take(data) == k).astype(float)
+                if mask.any() and mask.min() == 0:
+                    ax.contour(mask, levels=[0.5], colors=colour, linestyles=style, linewidths=1)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"{case.case_id}: reference solid, prediction dashed", fontsize=9)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _box_plots(path: pathlib.Path, records: List[dict], labels) -> None:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    for ax, metric in zip(axes, ("dice", "hd95")):
+        data = [[r["labels"][str(k)][metric] for r in records if not math.isnan(r["labels"][str(k)][metric])]
+                for k in labels]
+        ax.boxplot(data)
+        ax.set_xticks(range(1, len(labels) + 1), [f"label {k}" for k in labels])
+        ax.set_title("Dice" if metric == "dice" else "HD95 (mm)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+

@@ -70,7 +70,7 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
     assert killed_at < 16, "the run finished before it could be killed"
     resumed = run_train(tmp_path / "killed", cache, *args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from" in resumed.stdout and f"at step {killed_at}" in resumed.stdout
+    assert "resumed from" in resumed.stdout and f"at step {killed_at}" in resumed.stdout
     a, b = _weights(tmp_path / "whole" / "checkpoint.npz"), _weights(checkpoint)
     assert a.keys() == b.keys()
     for key in a:

@@ -59,8 +59,11 @@ def read_meta(path: PathLike) -> Optional[dict]:
         return json.loads(str(data["__meta__"]))
 
 
-def restore_checkpoint(path: PathLike, groups: Dict[str, list]) -> Tuple[dict, int]:
+def restore_checkpoint(path: PathLike, groups: Dict[str, list], only_groups: bool = False) -> Tuple[dict, int]:
     """Assigns every variable of ``groups`` from ``path``; returns ``(meta, count)``.
+
+    ``only_groups``: ignore stored groups not named in ``groups`` (e.g. restore the model
+    alone from a full training checkpoint).
 
     Raises ``ValueError`` naming the file and the variable where a variable is missing from
     the checkpoint, the checkpoint holds variables the objects lack, or a shape differs.
@@ -68,7 +71,9 @@ def restore_checkpoint(path: PathLike, groups: Dict[str, list]) -> Tuple[dict, i
     path = pathlib.Path(path)
     keyed = _keyed(groups)
     with np.load(path) as data:
-        stored = {k: data[k] for k in data.files if k != "__meta__"}
+        # Keys are "group/index"; files of the first version appended "/name": dropped.
+        stored = {"/".join(k.split("/")[:2]): data[k] for k in data.files if k != "__meta__"
+                  and (not only_groups or k.split("/")[0] in groups)}
         meta = json.loads(str(data["__meta__"]))
     missing = sorted(set(keyed) - set(stored))
     unused = sorted(set(stored) - set(keyed))

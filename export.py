@@ -1,0 +1,48 @@
+"""Export a training run as a SavedModel for TF Serving.
+
+    python export.py --workdir=runs/hippocampus --export_base=exports/hippocampus [--version=N]
+
+Writes EXPORT_BASE/<version>/ (the next free integer by default) atomically, with the
+signatures `serving_default` (raw volume + spacing -> labels, probabilities) and
+`predict_patch`, and a warm-up request in assets.extra/. See README, "Deploying".
+"""
+
+import vnet_tf  # noqa: F401  (first: turns oneDNN on before TensorFlow loads)
+
+import pathlib
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", "", "the training workdir to export")
+flags.DEFINE_string("export_base", "", "the model base folder TF Serving watches")
+flags.DEFINE_integer("version", None, "version folder number (default: the next free one)", lower_bound=1)
+flags.DEFINE_enum("which", "best", ["best", "final"], "best validation checkpoint or the latest one")
+flags.DEFINE_list("mirror_axes", None, "override the run's test-time mirroring axes ('none' = off)")
+flags.DEFINE_float("overlap", None, "override the run's sliding-window overlap", lower_bound=0.0, upper_bound=0.95)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name in ("workdir", "export_base"):
+        if not getattr(FLAGS, name):
+            raise app.UsageError(f"--{name} is required")
+    if not pathlib.Path(FLAGS.workdir).is_dir():
+        raise app.UsageError(f"--workdir {FLAGS.workdir}: no such folder")
+    overrides = {}
+    if FLAGS.mirror_axes is not None:
+        axes = [] if FLAGS.mirror_axes == ["none"] else FLAGS.mirror_axes
+        try:
+            overrides["mirror_axes"] = tuple(int(a) for a in axes)
+        except ValueError as err:
+            raise app.UsageError(f"--mirror_axes: expected integers 0-2 or 'none', got {FLAGS.mirror_axes}") from err
+    if FLAGS.overlap is not None:
+        overrides["overlap"] = FLAGS.overlap
+    from vnet_tf.exporter import export_run  # pylint: disable=import-outside-toplevel
+    target = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.which, overrides)
+    print(f"exported {FLAGS.workdir} ({FLAGS.which}) to {target.resolve()}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,105 @@
+"""Write a training run as a versioned SavedModel for TF Serving.
+
+``export_run(workdir, export_base)`` restores the run's weights (checking that every
+variable was restored), wraps them in :class:`vnet_tf.serving.VNetServing`, saves into a
+temporary folder beside ``export_base/<version>``, adds the warm-up request, and renames
+the folder into place only when complete: a server watching ``export_base`` never sees a
+half-written version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from vnet_tf.checkpoint import restore_checkpoint
+from vnet_tf.io import PathLike
+from vnet_tf.model import VNetConfig, build_vnet
+from vnet_tf.serving import VNetServing
+from vnet_tf.training import BEST, CHECKPOINT, run_configs
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def next_version(export_base: pathlib.Path) -> int:
+    """1 + the largest integer-named folder in ``export_base`` (1 when there is none)."""
+    versions = [int(p.name) for p in export_base.iterdir() if p.is_dir() and re.fullmatch(r"\d+", p.name)] \
+        if export_base.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def restore_model(workdir: PathLike, which: str = "best"):
+    """The run's model with its weights from ``best.npz`` or ``checkpoint.npz``; raises when
+    any variable is not restored. Returns ``(model, run_config_dict)``."""
+    workdir = pathlib.Path(workdir)
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"--workdir {workdir}: no config.json; is it a training workdir?")
+    run = json.loads(config_file.read_text())
+    fields = dict(run["model"])
+    for key in ("convs_left", "convs_right"):
+        if fields.get(key) is not None:
+            fields[key] = tuple(fields[key])
+    fields["dtype_policy"] = None  # serve in float32 whatever the training precision
+    model = build_vnet(VNetConfig(**fields))
+    path = workdir / (BEST if which == "best" else CHECKPOINT)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint (has the run validated / finished?)")
+    _, count = restore_checkpoint(path, {"model": model.variables}, only_groups=True)
+    if count != len(model.variables):
+        raise ValueError(f"{path}: restored {count} of {len(model.variables)} variables")
+    return model, run
+
+
+def warmup_record(volume: np.ndarray) -> bytes:
+    """A serialized ``PredictionLog`` with one ``serving_default`` request for ``volume``."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # pylint: disable=import-outside-toplevel
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name="serving_default"))
+    request.inputs["volume"].CopyFrom(tf.make_tensor_proto(volume.astype(np.float32)))
+    request.inputs["spacing"].CopyFrom(tf.make_tensor_proto(np.zeros((0,), np.float32)))
+    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    return log.SerializeToString()
+
+
+def export_run(workdir: PathLike, export_base: PathLike, version: Optional[int] = None,
+               which: str = "best", inference_overrides: Optional[dict] = None) -> pathlib.Path:
+    """Exports the run in ``workdir`` to ``export_base/<version>``; returns that folder."""
+    export_base = pathlib.Path(export_base)
+    model, run = restore_model(workdir, which)
+    preprocess, inference = run_configs(run)
+    if inference_overrides:
+        inference = dataclasses.replace(inference, **inference_overrides).validate()
+    module = VNetServing(model, preprocess, inference, run["input_channels"], run["num_classes"])
+    export_base.mkdir(parents=True, exist_ok=True)
+    version = next_version(export_base) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"--version must be a positive integer, got {version}")
+    target = export_base / str(version)
+    if target.exists():
+        raise FileExistsError(f"{target} exists; pick another --version or leave it out for the next free one")
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base))
+    try:
+        tf.saved_model.save(module, str(tmp / "model"), signatures={
+            "serving_default": module.serve, "predict_patch": module.predict_patch})
+        assets = tmp / "model" / "assets.extra"
+        assets.mkdir()
+        example = np.zeros(tuple(inference.patch_size_zyx) + (run["input_channels"],), np.float32)
+        with tf.io.TFRecordWriter(str(assets / WARMUP_FILE)) as writer:
+            writer.write(warmup_record(example[..., 0] if run["input_channels"] == 1 else example))
+        (tmp / "model" / "assets.extra" / "vnet_tf_run.json").write_text(json.dumps(
+            {"workdir": str(pathlib.Path(workdir).resolve()), "which": which, "preprocess": preprocess.to_dict(),
+             "inference": inference.to_dict(), "num_classes": run["num_classes"],
+             "input_channels": run["input_channels"]}, indent=2))
+        os.rename(tmp / "model", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -3,7 +3,6 @@ flag checks, mixed precision."""
 
 import dataclasses
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -176,3 +175,20 @@ def test_multi_worker_strategy_two_processes(tmp_path):
     assert model_keys
     for key in model_keys:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_shipped_flagfiles_parse_and_validate():
+    """Every flagfile in configs/ passes the flag checks (train.py --helpshort is not enough:
+    build the config without running)."""
+    code = (
+        "import sys; sys.argv = ['train.py', '--flagfile=' + sys.argv[1], '--data_dir=.']\n"
+        "import train\n"
+        "from absl import flags\n"
+        "flags.FLAGS(sys.argv)\n"
+        "config = train.build_config('.')\n"
+        "print('ok', config.steps, config.patch_size_zyx)\n"
+    )
+    for name in ("demo.flags", "hippocampus.flags", "promise12_paper.flags"):
+        out = subprocess.run([sys.executable, "-c", code, f"configs/{name}"], cwd=REPO, env=subprocess_env(),
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and "ok" in out.stdout, (name, out.stderr[-2000:])

@@ -217,9 +217,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     last_scores, history = None, []
     started = time.perf_counter()
     step = start_step
+    first_step_done = None
     while step < config.steps:
         loss = float(step_fn(next(iterator)))
         step += 1
+        if first_step_done is None:
+            first_step_done = (time.perf_counter(), step)
         history.append(loss)
         lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         logger.step(step, loss, lr, config.batch_size)
@@ -241,6 +244,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         _atomic_keras_save(model, workdir / "best.keras")
     summary = {"steps": step, "resumed_from_step": start_step, "seconds_this_run": round(seconds, 1),
                "steps_per_second": round((step - start_step) / seconds, 4) if seconds > 0 and step > start_step else None,
+               "steps_per_second_after_first": _rate(first_step_done, step),
                "final_loss": history[-1] if history else None, "loss_history": history,
                "validation_dice_per_class": None if last_scores is None else [float(v) for v in last_scores],
                "best_validation_dice": best if best >= 0 else None,
@@ -249,6 +253,14 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     if on_end is not None:
         on_end(model, strategy)
     return summary
+
+
+def _rate(first, step):
+    """Steps per second after the first step of this run (tracing excluded); includes
+    validation and checkpoint time."""
+    if first is None or step <= first[1]:
+        return None
+    return round((step - first[1]) / (time.perf_counter() - first[0]), 4)
 
 
 def strategy_is_chief(strategy) -> bool:

@@ -1,0 +1,141 @@
+"""Inference and serving figures on this machine, in one run.
+
+    python bench/bench_inference.py --workdir=runs/hippocampus --data_dir=../shared/data/Task04_Hippocampus
+
+1. Library inference (``vnet_tf.inference.predict_case``) seconds per hippocampus case, with
+   the run's settings, without and with test-time mirroring over all three axes.
+2. The paper V-Net (random weights; speed only) on a 128x128x64 volume: one 64x128x128
+   window, seconds per volume.
+3. The run exported as a SavedModel: size on disk, load time in a fresh process, and
+   ``serving_default`` latency on a hippocampus case and on a 128x128x64 volume, against the
+   library's inference on the same inputs (same settings).
+
+Prints Markdown tables of medians (min-max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import vnet_tf  # noqa: E402,F401
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from vnet_tf.cases import find_cases, fold_of  # noqa: E402
+from vnet_tf.exporter import export_run, restore_model  # noqa: E402
+from vnet_tf.inference import InferenceConfig, keras_predictor, predict_case, sliding_window  # noqa: E402
+from vnet_tf.io import read_image  # noqa: E402
+from vnet_tf.model import build_vnet  # noqa: E402
+from vnet_tf.training import run_configs  # noqa: E402
+
+
+def timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def fmt(times):
+    return f"{statistics.median(times):.3f} ({min(times):.3f}-{max(times):.3f})"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--cases", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; TensorFlow {tf.__version__}, Keras {keras.__version__}\n")
+
+    model, run = restore_model(args.workdir)
+    preprocess, inference = run_configs(run)
+    predictor = keras_predictor(model)
+    cases = [c for c in find_cases(args.data_dir).cases if fold_of(c.case_id, 5) == 0][: args.cases]
+    images = [[read_image(p) for p in c.images] for c in cases]
+    plain = dataclasses.replace(inference, mirror_axes=(), postprocess="none")
+    mirrored = dataclasses.replace(inference, mirror_axes=(0, 1, 2), postprocess="none")
+    predict_case(images[0], predictor, preprocess, plain)  # warm-up (tracing)
+    rows = []
+    for name, cfg in (("no mirroring", plain), ("mirroring over z, y, x (8 passes)", mirrored)):
+        per_case = [t for imgs in images for t in timed(lambda i=imgs: predict_case(i, predictor, preprocess, cfg), 1)]
+        rows.append((name, per_case))
+    print(f"### Library inference, hippocampus run ({len(cases)} fold-0 cases, patch {inference.patch_size_zyx}, "
+          f"overlap {inference.overlap})\n")
+    print("| setting | seconds per case, median (min-max) |\n|---|---|")
+    for name, times in rows:
+        print(f"| {name} | {fmt(times)} |")
+
+    paper = build_vnet()
+    volume = np.random.default_rng(0).normal(size=(64, 128, 128, 1)).astype(np.float32)
+    paper_cfg = InferenceConfig(patch_size_zyx=(64, 128, 128), batch_size=1)
+    paper_predict = keras_predictor(paper)
+    sliding_window(volume, paper_predict, paper_cfg)
+    paper_times = timed(lambda: sliding_window(volume, paper_predict, paper_cfg), args.repeats)
+    print("\n### Paper V-Net (5^3, width 16, depth 5), 128x128x64 volume, one window\n")
+    print(f"| seconds per volume | {fmt(paper_times)} |\n|---|---|")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        version = export_run(args.workdir, pathlib.Path(tmp) / "base", inference_overrides={"postprocess": "none"})
+        export_s = time.perf_counter() - start
+        size = sum(p.stat().st_size for p in version.rglob("*") if p.is_file())
+        variables = sum(p.stat().st_size for p in (version / "variables").iterdir())
+        case_volume = sitk.GetArrayFromImage(sitk.DICOMOrient(images[0][0], "LPS")).astype(np.float32)
+        big = (100 + 20 * np.random.default_rng(1).normal(size=(64, 128, 128))).astype(np.float32)
+        np.save(pathlib.Path(tmp) / "case.npy", case_volume)
+        np.save(pathlib.Path(tmp) / "big.npy", big)
+        code = (
+            "import time, sys, numpy as np\n"
+            "t0 = time.perf_counter()\n"
+            "import tensorflow as tf\n"
+            "t1 = time.perf_counter()\n"
+            f"m = tf.saved_model.load({str(version)!r}); f = m.signatures['serving_default']\n"
+            "t2 = time.perf_counter()\n"
+            "print('import', t1 - t0, 'load', t2 - t1)\n"
+            f"for name in ('case', 'big'):\n"
+            f"    v = tf.constant(np.load({tmp!r} + '/' + name + '.npy'))\n"
+            "    f(volume=v, spacing=tf.zeros((0,)))\n"
+            "    ts = []\n"
+            f"    for _ in range({args.repeats}):\n"
+            "        s = time.perf_counter(); f(volume=v, spacing=tf.zeros((0,)))['labels'].numpy(); ts.append(time.perf_counter() - s)\n"
+            "    print(name, ' '.join(str(t) for t in ts))\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
+        if out.returncode:
+            print(out.stderr[-3000:])
+            return
+        lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+        load_s = float(lines["import"].split()[2])
+        serve = {k: [float(t) for t in lines[k].split()] for k in ("case", "big")}
+        lib = {}
+        for name, vol in (("case", case_volume), ("big", big)):
+            image = sitk.GetImageFromArray(vol)
+            lib[name] = timed(lambda im=image: predict_case([im], predictor, preprocess, dataclasses.replace(inference, postprocess="none")), args.repeats)
+    print(f"\n### SavedModel of the hippocampus run (mirroring {inference.mirror_axes}, overlap {inference.overlap})\n")
+    print(f"size {size / 2**20:.1f} MiB (variables {variables / 2**20:.1f} MiB), export {export_s:.1f} s, "
+          f"load {load_s:.2f} s in a fresh process\n")
+    print("| input | serving_default s | library s | serving / library |\n|---|---|---|---|")
+    for name, label in (("case", f"hippocampus case {case_volume.shape}"), ("big", "128x128x64 volume (64, 128, 128)")):
+        ratio = statistics.median(serve[name]) / statistics.median(lib[name])
+        print(f"| {label} | {fmt(serve[name])} | {fmt(lib[name])} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,8 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "", "a training workdir (config.json + best.keras / model.keras)")
+flags.DEFINE_string("model", "", "a training workdir (config.json + best.keras / model.keras), or an "
+                    "exported SavedModel version folder (EXPORT_BASE/N)")
 flags.DEFINE_enum("which", "best", ["best", "final"], "which model of the workdir")
 flags.DEFINE_string("predictions_dir", "", "score the predictions in this folder instead of running a model")
 flags.DEFINE_string("data_dir", "", "dataset folder with labels (any layout train.py reads)")
@@ -66,7 +67,12 @@ def main(argv):
     if FLAGS.model:
         from vnet_tf.inference import keras_predictor  # pylint: disable=import-outside-toplevel
         from vnet_tf.training import load_run, run_configs  # pylint: disable=import-outside-toplevel
-        model, run = load_run(FLAGS.model, FLAGS.which)
+        if (pathlib.Path(FLAGS.model) / "saved_model.pb").is_file():
+            from vnet_tf.exporter import load_exported  # pylint: disable=import-outside-toplevel
+            predict, run = load_exported(FLAGS.model)
+        else:
+            model, run = load_run(FLAGS.model, FLAGS.which)
+            predict = keras_predictor(model)
         preprocess, inference = run_configs(run)
         overrides = {}
         if FLAGS.overlap is not None:
@@ -87,7 +93,7 @@ def main(argv):
             raise app.UsageError(f"invalid flag value: {err}") from err
         labels = list(range(1, run["num_classes"]))
         settings.update(preprocess=preprocess.to_dict(), inference=inference.to_dict())
-        kwargs = dict(predictor=keras_predictor(model), preprocess=preprocess, inference=inference)
+        kwargs = dict(predictor=predict, preprocess=preprocess, inference=inference)
     else:
         labels = sorted(k for k in (dataset.labels or {}) if k > 0) or [1]
         kwargs = dict(predictions_dir=FLAGS.predictions_dir)
@@ -95,7 +101,7 @@ def main(argv):
     for k, stats in summary["per_label"].items():
         d, h = stats["dice"], stats["hd95"]
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"label {k}: Dice {fmt(d['mean'])} ± {fmt(d['std'])}, HD95 {fmt(h['mean'])} mm "
+        print(f"label {k}: Dice {fmt(d['mean'])} +/- {fmt(d['std'])}, HD95 {fmt(h['mean'])} mm "
               f"({h['missing']} missing), n={d['n']}")
     print(f"report in {pathlib.Path(FLAGS.output_dir).resolve()}")
     if summary["num_failed"]:

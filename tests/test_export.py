@@ -195,3 +195,19 @@ def test_client_rest_round_trip_keeps_the_geometry(exported, tmp_path, rng):
     assert seg.GetSize() == scan.GetSize() and seg.GetDirection() == scan.GetDirection()
     assert np.allclose(seg.GetOrigin(), scan.GetOrigin()) and seg.GetSpacing() == scan.GetSpacing()
     assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+
+
+def test_evaluate_accepts_an_exported_saved_model(exported, tmp_path):
+    import csv
+    run, _, version = exported
+    data = run.parent / "cache" / "demo_data_6"
+    scores = {}
+    for name, model in (("workdir", run), ("saved_model", version)):
+        out = subprocess.run([sys.executable, "evaluate.py", f"--model={model}", f"--data_dir={data}",
+                              f"--output_dir={tmp_path / name}", "--fold=0", "--num_folds=3", "--figures=false"],
+                             cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        scores[name] = {(r["case_id"], r["label"]): float(r["dice"]) for r in csv.DictReader(open(tmp_path / name / "metrics.csv"))}
+    assert scores["workdir"].keys() == scores["saved_model"].keys() and scores["workdir"]
+    for key, value in scores["workdir"].items():
+        assert abs(value - scores["saved_model"][key]) < 1e-3, key

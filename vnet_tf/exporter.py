@@ -28,6 +28,7 @@ from vnet_tf.serving import VNetServing
 from vnet_tf.training import BEST, CHECKPOINT, run_configs
 
 WARMUP_FILE = "tf_serving_warmup_requests"
+RUN_FILE = "vnet_tf_run.json"
 
 
 def next_version(export_base: pathlib.Path) -> int:
@@ -95,11 +96,29 @@ def export_run(workdir: PathLike, export_base: PathLike, version: Optional[int] 
         example = np.zeros(tuple(inference.patch_size_zyx) + (run["input_channels"],), np.float32)
         with tf.io.TFRecordWriter(str(assets / WARMUP_FILE)) as writer:
             writer.write(warmup_record(example[..., 0] if run["input_channels"] == 1 else example))
-        (tmp / "model" / "assets.extra" / "vnet_tf_run.json").write_text(json.dumps(
-            {"workdir": str(pathlib.Path(workdir).resolve()), "which": which, "preprocess": preprocess.to_dict(),
-             "inference": inference.to_dict(), "num_classes": run["num_classes"],
-             "input_channels": run["input_channels"]}, indent=2))
+        (tmp / "model" / "assets.extra" / RUN_FILE).write_text(json.dumps(
+            {"workdir": str(pathlib.Path(workdir).resolve()), "which": which, "num_classes": run["num_classes"],
+             "input_channels": run["input_channels"],
+             "train": {"preprocess": preprocess.to_dict(), "inference": inference.to_dict(),
+                       "patch_size_zyx": list(inference.patch_size_zyx)}}, indent=2))
         os.rename(tmp / "model", target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def load_exported(version_dir: PathLike):
+    """``(predictor, run)`` of an exported SavedModel: its ``predict_patch`` signature as a
+    sliding-window predictor and the run's settings recorded at export (so evaluate.py
+    preprocesses and tiles exactly as the library does)."""
+    version_dir = pathlib.Path(version_dir)
+    run_file = version_dir / "assets.extra" / RUN_FILE
+    if not run_file.is_file():
+        raise FileNotFoundError(f"{run_file}: missing; was {version_dir} written by export.py?")
+    run = json.loads(run_file.read_text())
+    signature = tf.saved_model.load(str(version_dir)).signatures["predict_patch"]
+
+    def predict(batch):
+        return signature(patches=tf.constant(batch, tf.float32))["probabilities"].numpy()
+
+    return predict, run

@@ -52,7 +52,10 @@ def main(argv):
     from vnet_tf.cases import find_cases, fold_of  # pylint: disable=import-outside-toplevel
     from vnet_tf.evaluation import evaluate_cases  # pylint: disable=import-outside-toplevel
 
-    dataset = find_cases(FLAGS.data_dir, FLAGS.layout)
+    try:
+        dataset = find_cases(FLAGS.data_dir, FLAGS.layout)
+    except ValueError as err:
+        raise app.UsageError(f"--data_dir: {err}") from err
     cases = dataset.cases
     if FLAGS.fold >= 0:
         if FLAGS.fold >= FLAGS.num_folds:
@@ -78,11 +81,11 @@ def main(argv):
         if FLAGS.overlap is not None:
             overrides["overlap"] = FLAGS.overlap
         if FLAGS.mirror_axes is not None:
-            axes = [] if FLAGS.mirror_axes == ["none"] else FLAGS.mirror_axes
+            from vnet_tf.inference import parse_mirror_axes  # pylint: disable=import-outside-toplevel
             try:
-                overrides["mirror_axes"] = tuple(int(a) for a in axes)
+                overrides["mirror_axes"] = parse_mirror_axes(FLAGS.mirror_axes)
             except ValueError as err:
-                raise app.UsageError(f"--mirror_axes: expected integers 0-2 or 'none', got {FLAGS.mirror_axes}") from err
+                raise app.UsageError(f"--{err}") from err
         if FLAGS.postprocess is not None:
             overrides["postprocess"] = FLAGS.postprocess
         if FLAGS.window_batch is not None:

@@ -32,11 +32,11 @@ def main(argv):
         raise app.UsageError(f"--workdir {FLAGS.workdir}: no such folder")
     overrides = {}
     if FLAGS.mirror_axes is not None:
-        axes = [] if FLAGS.mirror_axes == ["none"] else FLAGS.mirror_axes
+        from vnet_tf.inference import parse_mirror_axes  # pylint: disable=import-outside-toplevel
         try:
-            overrides["mirror_axes"] = tuple(int(a) for a in axes)
+            overrides["mirror_axes"] = parse_mirror_axes(FLAGS.mirror_axes)
         except ValueError as err:
-            raise app.UsageError(f"--mirror_axes: expected integers 0-2 or 'none', got {FLAGS.mirror_axes}") from err
+            raise app.UsageError(f"--{err}") from err
     if FLAGS.overlap is not None:
         overrides["overlap"] = FLAGS.overlap
     from vnet_tf.exporter import export_run  # pylint: disable=import-outside-toplevel

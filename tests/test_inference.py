@@ -107,3 +107,11 @@ def test_prediction_has_the_original_geometry():
 def test_bad_inference_settings(kwargs, word):
     with pytest.raises(ValueError, match=word):
         InferenceConfig(**kwargs).validate()
+
+
+def test_parse_mirror_axes():
+    from vnet_tf.inference import parse_mirror_axes
+    assert parse_mirror_axes(["0", "2"]) == (0, 2) and parse_mirror_axes(["none"]) == () and parse_mirror_axes([]) == ()
+    for bad in (["3"], ["x"]):
+        with pytest.raises(ValueError, match="mirror_axes"):
+            parse_mirror_axes(bad)

@@ -68,6 +68,19 @@ class InferenceConfig:
         return dataclasses.asdict(self)
 
 
+def parse_mirror_axes(values: Sequence[str]) -> Tuple[int, ...]:
+    """Axes from command-line text: integers among 0 (z), 1 (y), 2 (x), or ``["none"]`` for
+    no mirroring. Raises ``ValueError`` naming ``mirror_axes``."""
+    texts = [] if list(values) == ["none"] else list(values)
+    try:
+        axes = tuple(int(a) for a in texts)
+    except ValueError as err:
+        raise ValueError(f"mirror_axes: expected integers 0-2 or 'none', got {','.join(values)}") from err
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"mirror_axes: expected integers 0-2 or 'none', got {','.join(values)}")
+    return axes
+
+
 def gaussian_weights(patch: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
     """Importance map of a window: a Gaussian centred on the patch, sigma = patch *
     ``sigma_scale`` per axis, scaled to a maximum of 1 and floored at its smallest

@@ -218,11 +218,18 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     started = time.perf_counter()
     step = start_step
     first_step_done = None
+    # Steady-state rate: training steps only (no validation / checkpoints), after the first
+    # steps (tracing).
+    warm_steps = 10 if config.steps - start_step >= 20 else 1
+    step_seconds = 0.0  # time in training steps after the warm-up, validation excluded
     while step < config.steps:
+        tick = time.perf_counter()
         loss = float(step_fn(next(iterator)))
         step += 1
-        if first_step_done is None:
-            first_step_done = (time.perf_counter(), step)
+        if first_step_done is not None:
+            step_seconds += time.perf_counter() - tick
+        elif step - start_step >= warm_steps:
+            first_step_done = step
         history.append(loss)
         lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         logger.step(step, loss, lr, config.batch_size)
@@ -244,7 +251,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         _atomic_keras_save(model, workdir / "best.keras")
     summary = {"steps": step, "resumed_from_step": start_step, "seconds_this_run": round(seconds, 1),
                "steps_per_second": round((step - start_step) / seconds, 4) if seconds > 0 and step > start_step else None,
-               "steps_per_second_after_first": _rate(first_step_done, step),
+               "steps_per_second_steady": (round((step - first_step_done) / step_seconds, 4)
+                                           if first_step_done is not None and step_seconds > 0 else None),
                "final_loss": history[-1] if history else None, "loss_history": history,
                "validation_dice_per_class": None if last_scores is None else [float(v) for v in last_scores],
                "best_validation_dice": best if best >= 0 else None,
@@ -253,14 +261,6 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     if on_end is not None:
         on_end(model, strategy)
     return summary
-
-
-def _rate(first, step):
-    """Steps per second after the first step of this run (tracing excluded); includes
-    validation and checkpoint time."""
-    if first is None or step <= first[1]:
-        return None
-    return round((step - first[1]) / (time.perf_counter() - first[0]), 4)
 
 
 def strategy_is_chief(strategy) -> bool:

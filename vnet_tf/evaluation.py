@@ -22,6 +22,7 @@ import time
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from vnet_tf.cases import Case
 from vnet_tf.inference import InferenceConfig, Predictor, predict_case
@@ -70,8 +71,10 @@ def evaluate_cases(cases: Sequence[Case], output_dir: PathLike, labels: Sequence
                 raise ValueError(f"case {case.case_id} has no reference label")
             reference, ref_geometry = read_volume(case.label)
             t0 = time.perf_counter()
+            scan = None
             if predictor is not None:
                 images = [read_image(p) for p in case.images]
+                scan = images[0]
                 prediction = predict_case(images, predictor, preprocess, inference)
                 label, geometry = prediction.label, prediction.geometry
                 timings.append(time.perf_counter() - t0)
@@ -87,7 +90,7 @@ def evaluate_cases(cases: Sequence[Case], output_dir: PathLike, labels: Sequence
             scores = case_metrics(label, reference, spacing_zyx, labels)
             records.append({"case_id": case.case_id, "labels": {str(k): v for k, v in scores.items()}})
             if figures:
-                _case_figure(out / "figures" / f"{case.case_id}.png", reference, label, case, labels)
+                _case_figure(out / "figures" / f"{case.case_id}.png", reference, label, case, labels, scan)
             text = " ".join(f"dice{k}={v['dice']:.3f}" for k, v in scores.items())
         except Exception as err:  # reported, skipped, counted
             failed.append({"case_id": case.case_id, "error": f"{type(err).__name__}: {err}"})
@@ -147,12 +150,13 @@ def _write_csv(path: pathlib.Path, records: List[dict]) -> None:
                 writer.writerow({"case_id": r["case_id"], "label": k, **{f: m[f] for f in CSV_FIELDS[2:]}})
 
 
-def _case_figure(path: pathlib.Path, reference, prediction, case: Case, labels) -> None:
+def _case_figure(path: pathlib.Path, reference, prediction, case: Case, labels, scan=None) -> None:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-    image, _ = read_volume(case.images[0])
+    # The scan already read for prediction, else read it (scoring existing predictions).
+    image = sitk.GetArrayFromImage(scan) if scan is not None else read_volume(case.images[0])[0]
     if image.ndim == 4:
         image = image[..., 0]
     fg = np.argwhere(reference > 0)

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from vnet_tf.cache import CachedCase, load_cached_case
 from vnet_tf.io import PathLike
+from vnet_tf.preprocess import crop_or_pad
 
 MAX_LOCATIONS_PER_CLASS = 20_000
 
@@ -103,18 +104,10 @@ class CaseStore:
 
 
 def crop_patch(image, label, start, patch):
-    """The window ``[start, start + patch)`` of ``image (z, y, x, c)`` and ``label``,
-    zero-filled where it leaves the volume."""
-    size = np.array(image.shape[:3])
-    start = np.asarray(start)
-    out_img = np.zeros(tuple(patch) + image.shape[3:], np.float32)
-    out_lab = np.zeros(tuple(patch), np.int32)
-    src = tuple(slice(max(a, 0), min(a + p, s)) for a, p, s in zip(start, patch, size))
-    dst = tuple(slice(sl.start - a, sl.stop - a) for sl, a in zip(src, start))
-    if all(sl.stop > sl.start for sl in src):
-        out_img[dst] = image[src]
-        out_lab[dst] = label[src]
-    return out_img, out_lab
+    """The window ``[start, start + patch)`` of ``image (z, y, x, c)`` (float32) and
+    ``label`` (int32), zero-filled where it leaves the volume."""
+    return (crop_or_pad(image.astype(np.float32, copy=False), start, patch),
+            crop_or_pad(label.astype(np.int32, copy=False), start, patch))
 
 
 def patch_start(shape, patch, rng, centre=None):

@@ -169,7 +169,7 @@ def normalize_intensities(array: np.ndarray, mode: str,
     return array
 
 
-def _crop_or_pad(array: np.ndarray, start_zyx, size_zyx) -> np.ndarray:
+def crop_or_pad(array: np.ndarray, start_zyx, size_zyx) -> np.ndarray:
     """The window ``[start, start + size)`` of the first 3 axes, zero outside the array."""
     out = np.zeros(tuple(size_zyx) + array.shape[3:], dtype=array.dtype)
     src, dst = [], []
@@ -238,8 +238,8 @@ def preprocess_case(images: Sequence[sitk.Image], label: Optional[sitk.Image],
     final = tuple(config.crop_size_zyx) if config.crop_size_zyx else size
     start = tuple((s - f) // 2 for s, f in zip(size, final))
     if final != size:
-        image_array = _crop_or_pad(image_array, start, final)
-        label_array = None if label_array is None else _crop_or_pad(label_array, start, final)
+        image_array = crop_or_pad(image_array, start, final)
+        label_array = None if label_array is None else crop_or_pad(label_array, start, final)
     record = PreprocessRecord(
         original_size_zyx=_size_zyx(reference), original_geometry=original_geometry,
         original_orientation=orientation, oriented_size_zyx=_size_zyx(oriented),
@@ -251,7 +251,7 @@ def preprocess_case(images: Sequence[sitk.Image], label: Optional[sitk.Image],
 
 def _to_original(array: np.ndarray, record: PreprocessRecord, interpolator) -> sitk.Image:
     """Uncrop, resample and reorient a ``(z, y, x)`` array back to the original grid."""
-    uncropped = _crop_or_pad(array, tuple(-s for s in record.crop_start_zyx), record.resampled_size_zyx)
+    uncropped = crop_or_pad(array, tuple(-s for s in record.crop_start_zyx), record.resampled_size_zyx)
     image = record.resampled_geometry.apply_to(sitk.GetImageFromArray(uncropped))
     if record.resampled_size_zyx != record.oriented_size_zyx or \
             record.resampled_geometry.differences(record.oriented_geometry):

@@ -22,8 +22,6 @@ scan (``vnet_tf.client`` does).
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
-
 import numpy as np
 import tensorflow as tf
 
@@ -211,7 +209,3 @@ class VNetServing(tf.Module):
         labels = tf.cond(rank == 5, lambda: labels, lambda: labels[0])
         probabilities = tf.cond(rank == 5, lambda: probabilities, lambda: probabilities[0])
         return {"labels": labels, "probabilities": probabilities}
-
-
-def signature_names() -> Sequence[str]:
-    return ("serving_default", "predict_patch")

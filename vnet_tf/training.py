@@ -270,11 +270,11 @@ def strategy_is_chief(strategy) -> bool:
 
 
 def _make_step(model, optimizer, loss_fn, device_aug, strategy, global_batch):
-    spatial = [t for t in (device_aug.transforms if device_aug else [])]
+    transforms = device_aug.transforms if device_aug else []
 
     def augment(batch):
         image, label = batch["image"], batch["label"]
-        for layer in spatial:
+        for layer in transforms:
             if isinstance(layer, aug_lib.RandomSpatialTransform):
                 image, label = _xla_transform(layer)(image, label)
             else:

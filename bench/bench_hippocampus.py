@@ -4,7 +4,8 @@ validation fold, print the figures for BENCHMARKS.md.
     python bench/bench_hippocampus.py [--workdir runs/hippocampus] [--flag=override ...]
 
 Runs `train.py --flagfile=configs/hippocampus.flags` (plus any extra flags, e.g.
-`--steps=3500`), then `evaluate.py` on fold 0 with the run's inference settings, and prints
+`--steps=3500`), then `evaluate.py` on fold 0 with the run's inference settings and its final weights (the
+best-on-validation checkpoint would be chosen on the very fold we report), and prints
 training wall time and Dice / HD95 / ASSD per label (mean +/- std over cases).
 """
 
@@ -33,7 +34,7 @@ def main(argv):
                     f"--data_dir={DATA}", "--progress=false", *extra], cwd=REPO, check=True)
     train_s = time.perf_counter() - start
     out_dir = pathlib.Path(workdir) / "eval_fold0"
-    subprocess.run([sys.executable, "evaluate.py", f"--model={workdir}", f"--data_dir={DATA}", "--fold=0",
+    subprocess.run([sys.executable, "evaluate.py", f"--model={workdir}", f"--data_dir={DATA}", "--fold=0", "--which=final",
                     f"--output_dir={out_dir}"], cwd=REPO, check=True)
     summary = json.loads((REPO / out_dir / "summary.json").read_text())
     print(f"\ntraining wall time {train_s / 60:.1f} min (train.py incl. data check and caching)")

@@ -263,7 +263,8 @@ def settings(args):
     if args.quick:
         return [((32, 32, 32), 1, 1, 1, 1)]  # MONAI batch norm needs > 1 value at the bottom
     cells = []
-    for shape, rounds, warmup, repeats in (((64, 64, 32), args.rounds, 1, 3), ((128, 128, 64), args.rounds, 1, 1)):
+    shapes = (((64, 64, 32), args.rounds, 1, 3), ((128, 128, 64), args.rounds, 1, 1))
+    for shape, rounds, warmup, repeats in shapes[:1] if args.small_only else shapes:
         for batch in (1, 2):
             # The largest cell (128x128x64, batch 2: ~80 s per MONAI step) runs one round with
             # two timed steps per process to keep the whole benchmark near 35 minutes.
@@ -276,6 +277,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 1 round, 1 repeat")
     parser.add_argument("--rounds", type=int, default=2, help="A B C alternations per setting")
+    parser.add_argument("--small_only", action="store_true", help="only the 64x64x32 settings")
     parser.add_argument("--threads", type=int, default=2, help="compute threads, both frameworks")
     parser.add_argument("--tf_inter_op", type=int, default=1, help="TensorFlow inter-op threads")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)

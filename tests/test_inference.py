@@ -115,3 +115,16 @@ def test_parse_mirror_axes():
     for bad in (["3"], ["x"]):
         with pytest.raises(ValueError, match="mirror_axes"):
             parse_mirror_axes(bad)
+
+
+def test_keras_predictor_matches_the_eager_model(rng):
+    from vnet_tf.inference import keras_predictor
+    from vnet_tf.model import build_vnet
+    model = build_vnet(base_width=4, depth=2, kernel_size=3, normalization="batch", num_classes=3)
+    predict = keras_predictor(model)
+    for n, shape in ((2, (8, 12, 8)), (1, (8, 12, 8)), (2, (10, 6, 4))):
+        batch = rng.standard_normal((n, *shape, 1)).astype(np.float32)
+        expected = np.asarray(model(batch, training=False))
+        got = predict(batch)
+        assert got.dtype == np.float32 and got.shape == (n, *shape, 3)
+        np.testing.assert_allclose(got, expected, atol=1e-5)

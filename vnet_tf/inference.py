@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 from typing import Callable, List, Optional, Sequence, Tuple
 
+import keras
 import numpy as np
 import SimpleITK as sitk
 
@@ -182,9 +183,21 @@ def postprocess_label(label: np.ndarray, mode: str = "largest", min_size: int = 
 
 
 def keras_predictor(model) -> Predictor:
-    """A predictor over a Keras model (float32 probabilities as numpy)."""
+    """A predictor over a Keras model (float32 probabilities as numpy).
+
+    Under the TensorFlow backend the model call is a ``tf.function`` (traced once per window
+    shape): on the reference CPU that halved the time per window batch against calling the
+    model eagerly (BENCHMARKS.md, issue 8). Other backends call the model directly.
+    """
+    def call(batch):
+        return model(batch, training=False)
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        call = tf.function(call, reduce_retracing=True)
+
     def predict(batch):
-        return np.asarray(model(batch, training=False), dtype=np.float32)
+        return np.asarray(call(batch), dtype=np.float32)
     return predict
 
 

@@ -2,7 +2,7 @@
 and sliding-window inference on hippocampus cases, measured side by side in one run.
 
     pip install -r requirements-bench.txt      # torch==2.13.0 (CPU) and monai
-    python bench/bench_monai.py                # the full benchmark (about 35 minutes on 2 cores)
+    python bench/bench_monai.py                # the full benchmark (about 30 minutes on 2 cores)
     python bench/bench_monai.py --quick        # tiny shapes, 1 repeat: checks the script runs
 
 Every measurement runs in its own process (one framework per process, never both), with the
@@ -266,10 +266,10 @@ def settings(args):
     shapes = (((64, 64, 32), args.rounds, 1, 3), ((128, 128, 64), args.rounds, 1, 1))
     for shape, rounds, warmup, repeats in shapes[:1] if args.small_only else shapes:
         for batch in (1, 2):
-            # The largest cell (128x128x64, batch 2: ~80 s per MONAI step) runs one round with
-            # two timed steps per process to keep the whole benchmark near 35 minutes.
+            # The largest cell (128x128x64, batch 2: ~80 s per MONAI step) runs one round to
+            # keep the whole benchmark near 30 minutes.
             big = shape == (128, 128, 64) and batch == 2
-            cells.append((shape, batch, 1 if big else rounds, warmup, 2 if big else repeats))
+            cells.append((shape, batch, 1 if big else rounds, warmup, repeats))
     return cells
 
 

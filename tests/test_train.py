@@ -188,7 +188,7 @@ def test_shipped_flagfiles_parse_and_validate():
         "config = train.build_config('.')\n"
         "print('ok', config.steps, config.patch_size_zyx)\n"
     )
-    for name in ("demo.flags", "hippocampus.flags", "promise12_paper.flags"):
+    for name in ("demo.flags", "hippocampus.flags", "hippocampus_paper.flags", "promise12_paper.flags"):
         out = subprocess.run([sys.executable, "-c", code, f"configs/{name}"], cwd=REPO, env=subprocess_env(),
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0 and "ok" in out.stdout, (name, out.stderr[-2000:])

@@ -186,7 +186,7 @@ def keras_predictor(model) -> Predictor:
     """A predictor over a Keras model (float32 probabilities as numpy).
 
     Under the TensorFlow backend the model call is a ``tf.function`` (traced once per window
-    shape): on the reference CPU that halved the time per window batch against calling the
+    shape): on the reference CPU that made a window batch 1.6-2.3x faster than calling the
     model eagerly (BENCHMARKS.md, issue 8). Other backends call the model directly.
     """
     def call(batch):

@@ -1,7 +1,7 @@
 """Floating-point operations of a Keras V-Net, counted analytically from its layer shapes.
 
 Convention: a multiply-accumulate is 2 FLOPs; only convolutions (``Conv3D`` and
-``Conv3DTranspose``) are counted, since they are >99 % of the arithmetic of a V-Net.
+``Conv3DTranspose``) are counted: they are nearly all of a V-Net's arithmetic.
 Bias adds, normalisation, activations, residual adds and the softmax are left out. For a
 convolution with kernel ``k``, ``c_in`` input and ``c_out`` output channels:
 

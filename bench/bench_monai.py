@@ -40,6 +40,8 @@ import subprocess
 import sys
 import time
 
+from bench_model import cpu_name  # noqa: E402  (same folder: bench/ is on sys.path)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "Task04_Hippocampus")
 MODELS = ("ours_paper", "monai", "ours_monai_layout")
@@ -84,19 +86,41 @@ def hippocampus_volumes(count: int, crop=None):
 
 # --------------------------------------------------------------------------- ours (TF)
 
+def ours_model(name: str):
+    """vnet_tf's paper V-Net, or (``ours_monai_layout``) the same builder in MONAI's layout."""
+    from vnet_tf.model import build_vnet  # pylint: disable=import-outside-toplevel
+    return build_vnet(**MONAI_LAYOUT) if name == "ours_monai_layout" else build_vnet()
+
+
+def ours_batch(shape, batch_size: int) -> dict:
+    """A fixed random (image, binary label) batch as TensorFlow constants."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(0)
+    return {"image": tf.constant(rng.standard_normal((batch_size, *shape, 1), dtype=np.float32)),
+            "label": tf.constant(rng.integers(0, 2, (batch_size, *shape)).astype("int32"))}
+
+
+def ours_train_step(model, batch_size: int):
+    """The library's compiled training step (what train.py runs) with Dice loss and SGD 0.99."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from vnet_tf.losses import DiceLoss  # pylint: disable=import-outside-toplevel
+    from vnet_tf.training import _make_step  # pylint: disable=import-outside-toplevel
+    optimizer = keras.optimizers.SGD(1e-4, momentum=0.99)
+    optimizer.build(model.trainable_variables)
+    return _make_step(model, optimizer, DiceLoss(reduction="none"), None, tf.distribute.get_strategy(), batch_size)
+
+
 def ours_worker(args) -> dict:
     sys.path.insert(0, REPO)
     import vnet_tf  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.tf_inter_op)
     import keras  # pylint: disable=import-outside-toplevel
     from vnet_tf.flops import count_flops  # pylint: disable=import-outside-toplevel
-    from vnet_tf.losses import DiceLoss  # pylint: disable=import-outside-toplevel
-    from vnet_tf.model import build_vnet  # pylint: disable=import-outside-toplevel
     from vnet_tf.runtime import onednn_enabled  # pylint: disable=import-outside-toplevel
-    from vnet_tf.training import _make_step  # pylint: disable=import-outside-toplevel
 
     keras.utils.set_random_seed(0)
     n = args.matmul_size
@@ -105,7 +129,7 @@ def ours_worker(args) -> dict:
     mm_times = timed(lambda: matmul(a, b).numpy(), 1, args.matmul_repeats)
     matmul_gflops = 2 * n ** 3 / min(mm_times) / 1e9
 
-    model = build_vnet(**MONAI_LAYOUT) if args.worker == "ours_monai_layout" else build_vnet()
+    model = ours_model(args.worker)
     result = {"onednn": onednn_enabled(), "params": model.count_params(), "matmul_gflops": matmul_gflops}
     if args.mode == "infer":
         from vnet_tf.inference import InferenceConfig, keras_predictor, sliding_window  # pylint: disable=import-outside-toplevel
@@ -119,19 +143,14 @@ def ours_worker(args) -> dict:
 
     flops = count_flops(model, args.shape, args.batch)
     result.update(forward_flops=flops.forward, train_flops=flops.train)
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.standard_normal((args.batch, *args.shape, 1), dtype=np.float32))
-    y = tf.constant(rng.integers(0, 2, (args.batch, *args.shape)).astype("int32"))
+    batch = ours_batch(args.shape, args.batch)
     result["rss_base_mb"] = current_rss_mb()
 
     forward = tf.function(lambda inputs: model(inputs, training=False))
-    result["forward"] = timed(lambda: forward(x).numpy(), args.warmup, args.repeats)
+    result["forward"] = timed(lambda: forward(batch["image"]).numpy(), args.warmup, args.repeats)
     result["rss_forward_mb"] = rss_mb()
 
-    optimizer = keras.optimizers.SGD(1e-4, momentum=0.99)
-    optimizer.build(model.trainable_variables)
-    step = _make_step(model, optimizer, DiceLoss(reduction="none"), None, tf.distribute.get_strategy(), args.batch)
-    batch = {"image": x, "label": y}
+    step = ours_train_step(model, args.batch)
     result["train"] = timed(lambda: float(step(batch)), args.warmup, args.repeats)
     result["rss_train_mb"] = rss_mb()
     return result
@@ -242,20 +261,14 @@ def med(values):
     return statistics.median(values)
 
 
-def fmt(values, unit=""):
+def fmt(values):
     if not values:
         return "n/a"
-    return f"{med(values):.3f}{unit} ({min(values):.3f}-{max(values):.3f})"
+    return f"{med(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def machine() -> str:
-    name = platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    return f"{cpu_name()}, {os.cpu_count()} cores"
 
 
 def settings(args):

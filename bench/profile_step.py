@@ -75,24 +75,15 @@ def main() -> None:
     parser.add_argument("--logdir", default=os.path.join(REPO, "runs", "profile"))
     args = parser.parse_args()
 
-    import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras  # pylint: disable=import-outside-toplevel
-    from vnet_tf.losses import DiceLoss  # pylint: disable=import-outside-toplevel
-    from vnet_tf.model import build_vnet  # pylint: disable=import-outside-toplevel
-    from vnet_tf.training import _make_step  # pylint: disable=import-outside-toplevel
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_monai import MONAI_LAYOUT  # pylint: disable=import-outside-toplevel
+    from bench_monai import ours_batch, ours_model, ours_train_step  # pylint: disable=import-outside-toplevel
 
-    model = build_vnet(**MONAI_LAYOUT) if args.layout == "monai" else build_vnet()
-    optimizer = keras.optimizers.SGD(1e-4, momentum=0.99)
-    optimizer.build(model.trainable_variables)
-    step = _make_step(model, optimizer, DiceLoss(reduction="none"), None, tf.distribute.get_strategy(), args.batch)
-    rng = np.random.default_rng(0)
-    batch = {"image": tf.constant(rng.standard_normal((args.batch, *args.shape, 1), dtype=np.float32)),
-             "label": tf.constant(rng.integers(0, 2, (args.batch, *args.shape)).astype("int32"))}
+    model = ours_model("ours_monai_layout" if args.layout == "monai" else "ours_paper")
+    step = ours_train_step(model, args.batch)
+    batch = ours_batch(args.shape, args.batch)
     for _ in range(2):
         float(step(batch))
     tf.profiler.experimental.start(args.logdir)

@@ -1,12 +1,15 @@
 """The whole hippocampus recipe in one command: train on the training folds, evaluate on the
 validation fold, print the figures for BENCHMARKS.md.
 
-    python bench/bench_hippocampus.py [--workdir runs/hippocampus] [--flag=override ...]
+    python bench/bench_hippocampus.py [--config=configs/hippocampus_paper.flags]
+        [--workdir=runs/hippocampus] [--flag=override ...]
 
-Runs `train.py --flagfile=configs/hippocampus.flags` (plus any extra flags, e.g.
-`--steps=3500`), then `evaluate.py` on fold 0 with the run's inference settings and its final weights (the
-best-on-validation checkpoint would be chosen on the very fold we report), and prints
-training wall time and Dice / HD95 / ASSD per label (mean +/- std over cases).
+Runs `train.py --flagfile=configs/hippocampus.flags` (or the --config given) plus any extra
+flags (e.g. `--steps=3500`, or `--fold=2` for one fold of a cross-validation), then
+`evaluate.py` on the held-out fold with the run's inference settings and its final weights
+(the best-on-validation checkpoint would be chosen on the very fold we report), and prints
+training wall time and Dice / HD95 / ASSD per label (mean +/- std over cases). The workdir
+defaults to the config's own --workdir.
 """
 
 from __future__ import annotations
@@ -22,19 +25,28 @@ DATA = REPO.parent / "shared" / "data" / "Task04_Hippocampus"
 
 
 def main(argv):
-    workdir = "runs/hippocampus"
+    workdir = None
+    config = "configs/hippocampus.flags"
     extra = []
     for arg in argv:
         if arg.startswith("--workdir="):
             workdir = arg.split("=", 1)[1]
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
         else:
             extra.append(arg)
+    if not (REPO / config).is_file():
+        sys.exit(f"--config: expected a flag file under {REPO}, got {config!r} (not found)")
+    if workdir is None:  # the config's own --workdir
+        workdir = next((line.split("=", 1)[1].strip() for line in (REPO / config).read_text().splitlines()
+                        if line.startswith("--workdir=")), "runs/hippocampus")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "train.py", "--flagfile=configs/hippocampus.flags", f"--workdir={workdir}",
+    subprocess.run([sys.executable, "train.py", f"--flagfile={config}", f"--workdir={workdir}",
                     f"--data_dir={DATA}", "--progress=false", *extra], cwd=REPO, check=True)
     train_s = time.perf_counter() - start
-    out_dir = pathlib.Path(workdir) / "eval_fold0"
-    subprocess.run([sys.executable, "evaluate.py", f"--model={workdir}", f"--data_dir={DATA}", "--fold=0", "--which=final",
+    fold = next((arg.split("=", 1)[1] for arg in reversed(extra) if arg.startswith("--fold=")), "0")
+    out_dir = pathlib.Path(workdir) / f"eval_fold{fold}"
+    subprocess.run([sys.executable, "evaluate.py", f"--model={workdir}", f"--data_dir={DATA}", f"--fold={fold}", "--which=final",
                     f"--output_dir={out_dir}"], cwd=REPO, check=True)
     summary = json.loads((REPO / out_dir / "summary.json").read_text())
     print(f"\ntraining wall time {train_s / 60:.1f} min (train.py incl. data check and caching)")

@@ -9,7 +9,7 @@ flags (e.g. `--steps=3500`, or `--fold=2` for one fold of a cross-validation), t
 `evaluate.py` on the held-out fold with the run's inference settings and its final weights
 (the best-on-validation checkpoint would be chosen on the very fold we report), and prints
 training wall time and Dice / HD95 / ASSD per label (mean +/- std over cases). The workdir
-defaults to the config's own --workdir.
+defaults to the config's own --workdir (with ``_fold<k>`` appended for another fold).
 """
 
 from __future__ import annotations
@@ -24,10 +24,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "Task04_Hippocampus"
 
 
-def main(argv):
-    workdir = None
-    config = "configs/hippocampus.flags"
-    extra = []
+def _flag_values(lines, name):
+    return [line.split("=", 1)[1].strip() for line in lines if line.strip().startswith(f"--{name}=")]
+
+
+def plan(argv):
+    """(config, workdir, fold, extra train.py flags) from the command line. The config's own
+    --workdir and --fold are the defaults; another fold than the config's gets its own
+    workdir (``<config workdir>_fold<k>``) so that runs of a cross-validation never resume
+    each other's checkpoints."""
+    config, workdir, extra = "configs/hippocampus.flags", None, []
     for arg in argv:
         if arg.startswith("--workdir="):
             workdir = arg.split("=", 1)[1]
@@ -36,15 +42,23 @@ def main(argv):
         else:
             extra.append(arg)
     if not (REPO / config).is_file():
-        sys.exit(f"--config: expected a flag file under {REPO}, got {config!r} (not found)")
-    if workdir is None:  # the config's own --workdir
-        workdir = next((line.split("=", 1)[1].strip() for line in (REPO / config).read_text().splitlines()
-                        if line.startswith("--workdir=")), "runs/hippocampus")
+        raise SystemExit(f"--config: expected a flag file under {REPO}, got {config!r} (not found)")
+    lines = (REPO / config).read_text().splitlines()
+    config_fold = (_flag_values(lines, "fold") or ["0"])[-1]
+    fold = (_flag_values(extra, "fold") or [config_fold])[-1]
+    if workdir is None:
+        workdir = (_flag_values(lines, "workdir") or ["runs/hippocampus"])[-1]
+        if fold != config_fold:
+            workdir = f"{workdir}_fold{fold}"
+    return config, workdir, fold, extra
+
+
+def main(argv):
+    config, workdir, fold, extra = plan(argv)
     start = time.perf_counter()
     subprocess.run([sys.executable, "train.py", f"--flagfile={config}", f"--workdir={workdir}",
                     f"--data_dir={DATA}", "--progress=false", *extra], cwd=REPO, check=True)
     train_s = time.perf_counter() - start
-    fold = next((arg.split("=", 1)[1] for arg in reversed(extra) if arg.startswith("--fold=")), "0")
     out_dir = pathlib.Path(workdir) / f"eval_fold{fold}"
     subprocess.run([sys.executable, "evaluate.py", f"--model={workdir}", f"--data_dir={DATA}", f"--fold={fold}", "--which=final",
                     f"--output_dir={out_dir}"], cwd=REPO, check=True)

@@ -3,6 +3,7 @@ op type.
 
     python bench/profile_step.py                         # paper V-Net, 64x64x32, batch 1
     python bench/profile_step.py --layout monai --shape 128 128 64
+    python bench/profile_step.py --layout recipe --shape 40 56 40 --batch 2   # hippocampus recipe's net
 
 Runs warm-up steps, then profiles --steps training steps (the library's compiled step,
 ``vnet_tf.training._make_step``), reads the trace (``*.xplane.pb``) with the protobuf
@@ -66,7 +67,7 @@ def summarize(logdir: str, top: int, wall: float):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layout", choices=("paper", "monai"), default="paper")
+    parser.add_argument("--layout", choices=("paper", "monai", "recipe"), default="paper")
     parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
@@ -81,7 +82,11 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_monai import ours_batch, ours_model, ours_train_step  # pylint: disable=import-outside-toplevel
 
-    model = ours_model("ours_monai_layout" if args.layout == "monai" else "ours_paper")
+    if args.layout == "recipe":  # configs/hippocampus.flags' network
+        from vnet_tf.model import build_vnet  # pylint: disable=import-outside-toplevel
+        model = build_vnet(kernel_size=3, depth=4, base_width=16, normalization="instance")
+    else:
+        model = ours_model("ours_monai_layout" if args.layout == "monai" else "ours_paper")
     step = ours_train_step(model, args.batch)
     batch = ours_batch(args.shape, args.batch)
     for _ in range(2):

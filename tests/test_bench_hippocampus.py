@@ -1,0 +1,38 @@
+"""bench/bench_hippocampus.py's command line: which config, workdir and fold a run uses.
+
+The whole recipe takes ~2 hours, so only the planning is tested here; tests/test_recipe.py
+runs a short train -> evaluate on real cases.
+"""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_hippocampus", REPO / "bench" / "bench_hippocampus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_defaults_come_from_the_config():
+    config, workdir, fold, extra = _bench().plan(["--steps=10"])
+    assert (config, workdir, fold, extra) == ("configs/hippocampus.flags", "runs/hippocampus", "0", ["--steps=10"])
+    config, workdir, fold, _ = _bench().plan(["--config=configs/hippocampus_paper.flags"])
+    assert (workdir, fold) == ("runs/hippocampus_paper", "0")
+
+
+def test_another_fold_gets_its_own_workdir_and_is_evaluated():
+    _, workdir, fold, extra = _bench().plan(["--fold=3"])
+    assert (workdir, fold, extra) == ("runs/hippocampus_fold3", "3", ["--fold=3"])
+    _, workdir, fold, _ = _bench().plan(["--fold=1", "--fold=2", "--workdir=runs/cv2"])
+    assert (workdir, fold) == ("runs/cv2", "2")  # the last --fold wins, as in absl
+
+
+def test_a_missing_config_names_the_argument():
+    with pytest.raises(SystemExit, match="--config: expected a flag file.*'configs/nope.flags'"):
+        _bench().plan(["--config=configs/nope.flags"])

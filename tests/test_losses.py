@@ -141,10 +141,24 @@ def test_dice_ce_matches_parts(case):
     np.testing.assert_allclose(combined, 0.5 * numpy_dice_loss(labels, probs) + 2 * ce_ref, rtol=1e-5)
 
 
+@pytest.mark.parametrize("squared", [True, False])
+def test_batch_dice_scores_the_batch_as_one_volume(case, squared):
+    labels, probs = case
+    as_one = numpy_dice_loss(np.concatenate(list(labels))[None], np.concatenate(list(probs))[None],
+                             include_background=False, squared=squared)
+    got = np_(dice_loss(labels, probs, include_background=False, squared=squared, batch=True))
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got, np.repeat(as_one, 3), rtol=1e-5)
+    per_sample = np_(dice_loss(labels, probs, include_background=False, squared=squared))
+    assert not np.allclose(per_sample, got)
+    assert np.isclose(np_(DiceLoss(include_background=False, squared=squared, batch=True)(labels, probs)), as_one[0],
+                      rtol=1e-5)
+
+
 def test_loss_classes_serialise(case):
     labels, probs = case
     for loss in (DiceLoss(include_background=False, squared=False, smooth=0.5, class_weights=[1, 2]),
-                 DiceCELoss(ce_weight=0.3, include_background=False)):
+                 DiceCELoss(ce_weight=0.3, include_background=False, batch=True)):
         clone = keras.losses.deserialize(keras.losses.serialize(loss))
         assert type(clone) is type(loss) and clone.get_config() == loss.get_config()
         np.testing.assert_allclose(np_(clone(labels, probs)), np_(loss(labels, probs)), rtol=1e-6)

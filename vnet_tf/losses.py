@@ -7,7 +7,9 @@ over the voxels i of that sample::
 
 (``squared=False`` uses ``sum p + sum g`` in the denominator). The loss of a sample is
 ``1 - weighted mean over classes of D[b, c]``; Keras then averages over the batch, so
-each sample's Dice counts once (a mean, never a sum, over the batch).
+each sample's Dice counts once (a mean, never a sum, over the batch). ``batch=True``
+(nnU-Net's "batch Dice") sums over the voxels of the whole batch instead, as if it were
+one volume, and gives every sample that one loss.
 
 All sums run in float32 whatever the model's compute dtype: half-precision sums over a
 volume overflow. With ``smooth > 0`` an empty prediction of an empty class scores
@@ -72,20 +74,22 @@ def one_hot_labels(y_true, num_classes: int, rank: int, label_format: str = "aut
 
 
 def dice_per_class(y_true, y_pred, *, squared: bool = True, smooth: float = 1e-5,
-                   label_format: str = "auto"):
-    """Soft Dice of every sample and class: float32 of shape ``(batch, num_classes)``."""
+                   label_format: str = "auto", batch: bool = False):
+    """Soft Dice of every sample and class: float32 of shape ``(batch, num_classes)``;
+    with ``batch=True`` one Dice per class over the whole batch, shape ``(1, num_classes)``."""
     _validate_options(smooth, label_format, None)
     y_pred = ops.cast(y_pred, "float32")
     rank = len(y_pred.shape)
     target = one_hot_labels(y_true, y_pred.shape[-1], rank, label_format)
-    axes = tuple(range(1, rank - 1))
+    axes = tuple(range(0 if batch else 1, rank - 1))
     intersection = ops.sum(y_pred * target, axis=axes)
     if squared:
         denominator = ops.sum(ops.square(y_pred), axis=axes) + ops.sum(ops.square(target), axis=axes)
     else:
         denominator = ops.sum(y_pred, axis=axes) + ops.sum(target, axis=axes)
     denominator = ops.maximum(denominator + smooth, _DENOMINATOR_FLOOR)
-    return (2.0 * intersection + smooth) / denominator
+    dice = (2.0 * intersection + smooth) / denominator
+    return dice[None] if batch else dice
 
 
 def _class_weight_vector(num_classes: int, include_background: bool,
@@ -113,7 +117,7 @@ def _class_weight_vector(num_classes: int, include_background: bool,
 
 def dice_loss(y_true, y_pred, *, include_background: bool = True, squared: bool = True,
               smooth: float = 1e-5, class_weights: Optional[Sequence[float]] = None,
-              label_format: str = "auto"):
+              label_format: str = "auto", batch: bool = False):
     """Per-sample Dice loss ``1 - mean_c D[b, c]``: float32 of shape ``(batch,)``.
 
     Args:
@@ -126,14 +130,20 @@ def dice_loss(y_true, y_pred, *, include_background: bool = True, squared: bool 
       class_weights: one weight per scored class (``C`` or ``C - 1`` entries); the
         classes' Dice are averaged with these weights.
       label_format: ``auto``, ``integer`` or ``one_hot`` (see :func:`one_hot_labels`).
+      batch: one Dice over the voxels of the whole batch (nnU-Net's batch Dice), given
+        to every sample, instead of one Dice per sample.
 
     Raises:
       ValueError: for invalid options or label shapes, naming what was received.
     """
     _validate_options(smooth, label_format, class_weights)
-    dice = dice_per_class(y_true, y_pred, squared=squared, smooth=smooth, label_format=label_format)
+    dice = dice_per_class(y_true, y_pred, squared=squared, smooth=smooth, label_format=label_format,
+                          batch=batch)
     weights = _class_weight_vector(y_pred.shape[-1], include_background, class_weights)
-    return 1.0 - ops.sum(dice * weights, axis=-1) / ops.sum(weights)
+    loss = 1.0 - ops.sum(dice * weights, axis=-1) / ops.sum(weights)
+    if batch:  # the same loss for every sample, so that the batch mean is that loss
+        loss = ops.broadcast_to(loss, ops.shape(y_pred)[:1])
+    return loss
 
 
 def cross_entropy(y_true, y_pred, label_format: str = "auto"):
@@ -172,7 +182,7 @@ class DiceLoss(keras.losses.Loss):
     """The paper's Dice loss with the options of :func:`dice_loss`; batch mean by default."""
 
     def __init__(self, include_background=True, squared=True, smooth=1e-5,
-                 class_weights=None, label_format="auto", name="dice_loss", **kwargs):
+                 class_weights=None, label_format="auto", batch=False, name="dice_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         _validate_options(smooth, label_format, class_weights)
         self.options = dict(
@@ -181,6 +191,7 @@ class DiceLoss(keras.losses.Loss):
             smooth=float(smooth),
             class_weights=None if class_weights is None else [float(w) for w in class_weights],
             label_format=label_format,
+            batch=bool(batch),
         )
 
     def call(self, y_true, y_pred):

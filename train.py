@@ -41,6 +41,10 @@ flags.DEFINE_float("dropout", 0.0, "channel dropout after every stage", lower_bo
 # loss and optimiser
 flags.DEFINE_enum("loss", "dice_ce", ["dice", "dice_ce"], "the paper's Dice loss, or Dice + cross-entropy")
 flags.DEFINE_bool("include_background", False, "count the background class in the Dice loss")
+flags.DEFINE_bool("dice_squared", True, "the paper's sum p^2 + sum g^2 Dice denominator (false: sum p + sum g)")
+flags.DEFINE_bool("batch_dice", False, "one Dice over the whole batch (nnU-Net) instead of one per sample")
+flags.DEFINE_integer("deep_supervision", 0, "softmax heads on right stages 1..N, trained only (0 = off)",
+                     lower_bound=0)
 flags.DEFINE_enum("optimizer", "adam", ["sgd", "adam", "adamw"], "optimiser")
 flags.DEFINE_float("learning_rate", 3e-3, "initial learning rate", lower_bound=0.0)
 flags.DEFINE_float("momentum", 0.99, "SGD momentum", lower_bound=0.0)
@@ -122,7 +126,8 @@ def build_config(data_dir: str):
                          convs_right=_numbers("convs_right", int) or None,
                          activation=FLAGS.activation, normalization=FLAGS.normalization,
                          dropout=FLAGS.dropout, variant=FLAGS.variant),
-        loss=FLAGS.loss, include_background=FLAGS.include_background,
+        loss=FLAGS.loss, include_background=FLAGS.include_background, dice_squared=FLAGS.dice_squared,
+        batch_dice=FLAGS.batch_dice, deep_supervision=FLAGS.deep_supervision,
         optimizer=OptimizerConfig(FLAGS.optimizer, FLAGS.learning_rate, FLAGS.momentum, FLAGS.nesterov,
                                   FLAGS.weight_decay, FLAGS.lr_schedule, FLAGS.lr_decay_steps,
                                   FLAGS.lr_decay_factor, FLAGS.poly_power, FLAGS.warmup_steps, FLAGS.clipnorm),

@@ -86,6 +86,21 @@ def test_resuming_with_other_settings_is_refused(tiny_run, tmp_path):
     assert out.returncode != 0 and "other settings" in out.stderr and "model" in out.stderr
 
 
+def test_run_written_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    from vnet_tf.training import train
+    config = _tiny_config(tmp_path, steps=2, checkpoint_every=2)
+    train(config, log=lambda s: None, progress=False)
+    config_file = tmp_path / "run" / "config.json"
+    written = json.loads(config_file.read_text())
+    for key in ("dice_squared", "batch_dice", "deep_supervision"):  # added in a later version
+        del written["train"][key]
+    config_file.write_text(json.dumps(written))
+    summary = train(dataclasses.replace(config, steps=3), log=lambda s: None, progress=False)
+    assert summary["resumed_from_step"] == 2 and summary["steps"] == 3
+    with pytest.raises(ValueError, match="batch_dice differ"):
+        train(dataclasses.replace(config, steps=4, batch_dice=True), log=lambda s: None, progress=False)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--patch_size=30,32,32"], "--patch_size (30, 32, 32) must be multiples of 4"),
     (["--batch_size=0"], "batch_size"),
@@ -93,6 +108,7 @@ def test_resuming_with_other_settings_is_refused(tiny_run, tmp_path):
     (["--loss=focal"], "loss"),
     (["--aug_scale=1.2"], "--aug_scale: expected 2 values"),
     (["--fold=7"], "fold"),
+    (["--deep_supervision=2"], "deep_supervision must be in [0, 1]"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, args, message):
     out = run_train(tmp_path / "run", tmp_path / "cache", *args)

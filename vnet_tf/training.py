@@ -30,6 +30,7 @@ from vnet_tf.cache import load_cached_case, preprocess_dataset
 from vnet_tf.cases import find_cases, split_cases
 from vnet_tf.check import check_dataset
 from vnet_tf.checkpoint import restore_checkpoint, save_checkpoint
+from vnet_tf import deep_supervision as ds_lib
 from vnet_tf.inference import InferenceConfig, keras_predictor, sliding_window
 from vnet_tf.losses import DiceCELoss, DiceLoss, dice_per_class
 from vnet_tf.model import VNetConfig, build_vnet, check_spatial_shape
@@ -55,6 +56,9 @@ class TrainConfig:
     model: VNetConfig = VNetConfig(base_width=8, depth=4, kernel_size=3, normalization="instance")
     loss: str = "dice_ce"
     include_background: bool = False
+    dice_squared: bool = True
+    batch_dice: bool = False
+    deep_supervision: int = 0
     optimizer: OptimizerConfig = OptimizerConfig()
     augment: aug_lib.AugmentConfig = aug_lib.AugmentConfig()
     augment_on: str = "device"
@@ -84,6 +88,10 @@ class TrainConfig:
         for name in ("batch_size", "steps", "validation_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 <= self.deep_supervision <= ds_lib.max_levels(self.model.depth):
+            raise ValueError(f"deep_supervision must be in [0, {ds_lib.max_levels(self.model.depth)}] "
+                             f"(heads on right stages 1 .. depth - 2) for depth {self.model.depth}, "
+                             f"got {self.deep_supervision}")
         if self.num_folds < 2 or not 0 <= self.fold < self.num_folds:
             raise ValueError(f"fold must be in [0, num_folds) with num_folds >= 2, got fold={self.fold}, num_folds={self.num_folds}")
         self.preprocess.validate()
@@ -179,17 +187,22 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {replicas} replicas")
     with strategy.scope():
         model = build_vnet(model_config)
+        # The model trained: the V-Net, or the V-Net with deep-supervision heads (training only).
+        train_model = ds_lib.supervised_model(model, config.deep_supervision) if config.deep_supervision else model
         optimizer = make_optimizer(config.optimizer, config.steps, config.mixed_precision == "mixed_float16")
-        optimizer.build(model.trainable_variables)
+        optimizer.build(train_model.trainable_variables)
         references = None
         if config.augment.histogram_probability > 0:
             references = aug_lib.quantile_table([store.case(i).image for i in range(len(store))],
                                                 num_landmarks=config.augment.histogram_landmarks)
         augmentation = aug_lib.build_augmentation(config.augment, num_classes, references, seed=config.seed)
     loss_cls = DiceCELoss if config.loss == "dice_ce" else DiceLoss
-    loss_fn = loss_cls(include_background=config.include_background, reduction="none")
+    loss_fn = loss_cls(include_background=config.include_background, squared=config.dice_squared,
+                       batch=config.batch_dice, reduction="none")
     aug_states = [t.seed_generator.state for t in augmentation.transforms] if augmentation else []
     groups = {"model": model.variables, "optimizer": optimizer.variables, "augmentation": aug_states}
+    if train_model is not model:
+        groups["deep_supervision"] = ds_lib.head_variables(train_model, model)
 
     start_step, best = 0, -1.0
     latest = workdir / CHECKPOINT
@@ -210,7 +223,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         dataset = dataset.with_options(options)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    step_fn = _make_step(model, optimizer, loss_fn, device_aug, strategy, config.batch_size)
+    step_fn = _make_step(train_model, optimizer, loss_fn, device_aug, strategy, config.batch_size)
 
     val_cases = [load_cached_case(p) for p in val_paths]
     logger = TrainingLogger(workdir / "tensorboard", config.steps, start_step, progress and strategy_is_chief(strategy))
@@ -270,6 +283,9 @@ def strategy_is_chief(strategy) -> bool:
 
 
 def _make_step(model, optimizer, loss_fn, device_aug, strategy, global_batch):
+    """The compiled training step; a model with several outputs (deep supervision) has its
+    outputs' losses weighted by :func:`vnet_tf.deep_supervision.output_weights`."""
+    weights = ds_lib.output_weights(len(model.outputs) - 1)
     transforms = device_aug.transforms if device_aug else []
 
     def augment(batch):
@@ -284,8 +300,11 @@ def _make_step(model, optimizer, loss_fn, device_aug, strategy, global_batch):
     def replica_step(batch):
         image, label = augment(batch)
         with tf.GradientTape() as tape:
-            probabilities = model(image, training=True)
-            per_sample = loss_fn(label, probabilities)
+            outputs = model(image, training=True)
+            if isinstance(outputs, (list, tuple)):
+                per_sample = ds_lib.multi_scale_loss(loss_fn, label, outputs, weights)
+            else:
+                per_sample = loss_fn(label, outputs)
             loss = tf.reduce_sum(per_sample) / global_batch
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
@@ -316,6 +335,10 @@ def _check_same_run(config_file: pathlib.Path, resolved: dict) -> None:
         return
     previous = json.loads(config_file.read_text())
     old, new = dict(previous.get("train", {})), dict(json.loads(json.dumps(resolved))["train"])
+    # Settings added after the run was written: it ran with their defaults.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING and not dataclasses.is_dataclass(f.default)}
+    old = {**{k: v for k, v in defaults.items() if k in new}, **old}
     for d in (old, new):
         d.pop("steps", None)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

@@ -1,7 +1,7 @@
 """Training speed and peak memory of the demo and hippocampus configurations, and the cost
 of host-side vs device-side augmentation, each run in its own process.
 
-    python bench/bench_train.py [--steps 40]
+    python bench/bench_train.py [--steps 40] [--only hippocampus]
 
 Runs `train.py --flagfile=configs/X.flags` with validation off and a temporary workdir, and
 prints steps/s after the first 10 steps (tracing and start-up) and the process's peak resident memory.
@@ -24,18 +24,23 @@ RUNS = [
     ("demo (configs/demo.flags)", ["--flagfile=configs/demo.flags"]),
     ("hippocampus, augmentation on the device", ["--flagfile=configs/hippocampus.flags", "--augment_on=device"]),
     ("hippocampus, augmentation on the host (tf.data)", ["--flagfile=configs/hippocampus.flags", "--augment_on=host"]),
+    ("hippocampus, deep supervision (2 heads) + batch Dice, not squared",
+     ["--flagfile=configs/hippocampus.flags", "--deep_supervision=2", "--batch_dice", "--dice_squared=false"]),
 ]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--only", default="", help="run only the configurations whose name contains this")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}\n")
     print("| configuration | steps/s (after the first 10 steps) | patches/s | peak memory (MB) |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, flags in RUNS:
-            workdir = pathlib.Path(tmp) / name.split()[0] / str(len(flags[-1]))
+        for index, (name, flags) in enumerate(RUNS):
+            if args.only not in name:
+                continue
+            workdir = pathlib.Path(tmp) / f"run{index}"
             cmd = [sys.executable, "train.py", *flags, f"--steps={args.steps}", f"--workdir={workdir}",
                    f"--validation_every={args.steps * 10}", f"--checkpoint_every={args.steps * 10}",
                    "--progress=false"]

@@ -32,10 +32,12 @@ def op_type(name: str) -> str:
     return name.rsplit(":", 1)[-1] if ":" in name else name
 
 
-def summarize(logdir: str, top: int, wall: float):
+def summarize(logdir: str, top: int, wall: float, steps: int = 1):
     """Sums kernel time by op type. Scope events (the step, the executor, Python calls) span
-    most of the profiled wall time and are left out: anything over half of ``wall``, and
-    the executor's per-op "Process" wrapper."""
+    most of a step and are left out: anything over half of one step's wall time
+    (``wall / steps / 2``; no single kernel comes near that), and the executor's per-op
+    "Process" wrapper."""
+    longest = wall / max(steps, 1) / 2
     from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
     paths = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))
     if not paths:
@@ -50,7 +52,7 @@ def summarize(logdir: str, top: int, wall: float):
         for line in plane.lines:
             for event in line.events:
                 name = plane.event_metadata[event.metadata_id].name
-                if event.duration_ps / 1e12 > wall / 2 or name.strip() in ("ExecutorState::Process", "Run"):
+                if event.duration_ps / 1e12 > longest or name.strip() in ("ExecutorState::Process", "Run"):
                     continue
                 totals[op_type(name)] += event.duration_ps / 1e12
                 counts[op_type(name)] += 1
@@ -99,7 +101,7 @@ def main() -> None:
     tf.profiler.experimental.stop()
     print(f"{args.layout} layout, shape {tuple(args.shape)}, batch {args.batch}: "
           f"{wall / args.steps:.3f} s per step while profiled")
-    summarize(args.logdir, args.top, wall)
+    summarize(args.logdir, args.top, wall, args.steps)
 
 
 if __name__ == "__main__":

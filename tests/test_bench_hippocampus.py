@@ -24,6 +24,8 @@ def test_defaults_come_from_the_config():
     assert (config, workdir, fold, extra) == ("configs/hippocampus.flags", "runs/hippocampus", "0", ["--steps=10"])
     config, workdir, fold, _ = _bench().plan(["--config=configs/hippocampus_paper.flags"])
     assert (workdir, fold) == ("runs/hippocampus_paper", "0")
+    config, workdir, fold, _ = _bench().plan(["--config=configs/hippocampus_ds.flags"])
+    assert (workdir, fold) == ("runs/hippocampus_ds", "1")  # the candidate is compared on fold 1
 
 
 def test_another_fold_gets_its_own_workdir_and_is_evaluated():

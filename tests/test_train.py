@@ -202,9 +202,12 @@ def test_shipped_flagfiles_parse_and_validate():
         "from absl import flags\n"
         "flags.FLAGS(sys.argv)\n"
         "config = train.build_config('.')\n"
-        "print('ok', config.steps, config.patch_size_zyx)\n"
+        "print('ok', config.steps, config.patch_size_zyx, config.deep_supervision, config.batch_dice)\n"
     )
-    for name in ("demo.flags", "hippocampus.flags", "hippocampus_paper.flags", "promise12_paper.flags"):
+    for name in ("demo.flags", "hippocampus.flags", "hippocampus_paper.flags", "hippocampus_ds.flags",
+                 "promise12_paper.flags"):
         out = subprocess.run([sys.executable, "-c", code, f"configs/{name}"], cwd=REPO, env=subprocess_env(),
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0 and "ok" in out.stdout, (name, out.stderr[-2000:])
+        if name == "hippocampus_ds.flags":  # the nested --flagfile applies, then its overrides
+            assert "ok 4000 (40, 56, 40) 2 True" in out.stdout, out.stdout

@@ -1,0 +1,78 @@
+"""Paired comparison of two evaluate.py metrics files (bench/compare_runs.py)."""
+
+import csv
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from vnet_tf.comparison import paired_comparison, read_metric
+
+FIELDS = ["case_id", "label", "dice", "hd95"]
+
+
+def _write(path, rows):
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def two_runs(tmp_path, rng):
+    base_dice = rng.uniform(0.7, 0.9, size=(12, 2))
+    new_dice = base_dice + rng.normal(0.01, 0.01, size=(12, 2))
+    hd = rng.uniform(1, 3, size=(12, 2))
+    base, new = [], []
+    for i in range(12):
+        for j, label in enumerate(("1", "2")):
+            base.append({"case_id": f"c{i:02d}", "label": label, "dice": base_dice[i, j], "hd95": hd[i, j]})
+            new.append({"case_id": f"c{i:02d}", "label": label, "dice": new_dice[i, j],
+                        "hd95": "" if (i, j) == (3, 1) else hd[i, j] - 0.5})
+    new.reverse()  # pairing is by case and label, not by row order
+    return _write(tmp_path / "base.csv", base), _write(tmp_path / "new.csv", new), base_dice, new_dice
+
+
+def test_paired_differences_match_numpy(two_runs):
+    base_csv, new_csv, base_dice, new_dice = two_runs
+    result = paired_comparison(read_metric(base_csv, "dice"), read_metric(new_csv, "dice"))
+    for j, label in enumerate(("1", "2")):
+        r = result[label]
+        diff = new_dice[:, j] - base_dice[:, j]
+        assert r["n"] == 12 and np.isclose(r["mean_difference"], diff.mean())
+        assert np.isclose(r["base_mean"], base_dice[:, j].mean()) and np.isclose(r["new_mean"], new_dice[:, j].mean())
+        low, high = r["ci95"]
+        assert low < diff.mean() < high and high - low < 4 * diff.std() / math.sqrt(12) * 1.5
+        assert (r["better"], r["worse"]) == (int((diff > 0).sum()), int((diff < 0).sum()))
+
+
+def test_distances_lower_is_better_and_missing_values_are_skipped(two_runs):
+    base_csv, new_csv, _, _ = two_runs
+    result = paired_comparison(read_metric(base_csv, "hd95"), read_metric(new_csv, "hd95"), higher_is_better=False)
+    assert result["1"]["better"] == 12 and np.isclose(result["1"]["mean_difference"], -0.5)
+    assert result["2"]["n"] == 11 and result["2"]["skipped"] == 1
+
+
+def test_different_cases_and_bad_columns_are_refused(two_runs, tmp_path):
+    base_csv, _, _, _ = two_runs
+    other = _write(tmp_path / "other.csv", [{"case_id": "c00", "label": "1", "dice": 0.5, "hd95": 1}])
+    with pytest.raises(ValueError, match=r"23 \(case, label\) pairs only in the base"):
+        paired_comparison(read_metric(base_csv, "dice"), read_metric(other, "dice"))
+    with pytest.raises(ValueError, match="no column 'assd'"):
+        read_metric(base_csv, "assd")
+    out = subprocess.run([sys.executable, "bench/compare_runs.py", str(base_csv), str(tmp_path / "missing")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode != 0 and "no such metrics file" in out.stderr
+
+
+def test_script_prints_a_row_per_label(two_runs):
+    base_csv, new_csv, _, _ = two_runs
+    out = subprocess.run([sys.executable, "bench/compare_runs.py", str(base_csv), str(new_csv)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2 and "| 12 |" in rows[0]

@@ -50,7 +50,7 @@ def main(argv):
         raise app.UsageError(f"--{'model' if FLAGS.model else 'predictions_dir'} {source}: no such folder")
 
     from vnet_tf.cases import find_cases, fold_of  # pylint: disable=import-outside-toplevel
-    from vnet_tf.evaluation import evaluate_cases  # pylint: disable=import-outside-toplevel
+    from vnet_tf.evaluation import evaluate_cases, trained_on  # pylint: disable=import-outside-toplevel
 
     try:
         dataset = find_cases(FLAGS.data_dir, FLAGS.layout)
@@ -95,7 +95,13 @@ def main(argv):
         except ValueError as err:
             raise app.UsageError(f"invalid flag value: {err}") from err
         labels = list(range(1, run["num_classes"]))
-        settings.update(preprocess=preprocess.to_dict(), inference=inference.to_dict())
+        seen = trained_on(run, cases)
+        if seen:
+            print(f"warning: {len(seen)} of the {len(cases)} cases evaluated were training cases of "
+                  f"{FLAGS.model} (e.g. {', '.join(seen[:3])}): their scores are not held-out",
+                  file=sys.stderr)
+        settings.update(preprocess=preprocess.to_dict(), inference=inference.to_dict(),
+                        training_cases_evaluated=len(seen))
         kwargs = dict(predictor=predict, preprocess=preprocess, inference=inference)
     else:
         labels = sorted(k for k in (dataset.labels or {}) if k > 0) or [1]

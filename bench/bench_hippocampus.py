@@ -46,6 +46,9 @@ def plan(argv):
     lines = (REPO / config).read_text().splitlines()
     config_fold = (_flag_values(lines, "fold") or ["0"])[-1]
     fold = (_flag_values(extra, "fold") or [config_fold])[-1]
+    if fold.startswith("-"):
+        raise SystemExit(f"--fold: expected a held-out fold to evaluate (0 or more), got {fold}; to train the "
+                         f"final model on every case run train.py --flagfile={config} --fold=-1")
     if workdir is None:
         workdir = (_flag_values(lines, "workdir") or ["runs/hippocampus"])[-1]
         if fold != config_fold:

@@ -35,6 +35,11 @@ def test_another_fold_gets_its_own_workdir_and_is_evaluated():
     assert (workdir, fold) == ("runs/cv2", "2")  # the last --fold wins, as in absl
 
 
+def test_fold_minus_one_is_refused_as_it_leaves_nothing_to_evaluate():
+    with pytest.raises(SystemExit, match="--fold: expected a held-out fold.*got -1.*--fold=-1"):
+        _bench().plan(["--fold=-1"])
+
+
 def test_a_missing_config_names_the_argument():
     with pytest.raises(SystemExit, match="--config: expected a flag file.*'configs/nope.flags'"):
         _bench().plan(["--config=configs/nope.flags"])

@@ -71,3 +71,12 @@ def test_folds_are_stable_and_disjoint():
     assert 10 <= len(val) <= 30
     assert [c.case_id for c in split_cases(cases[:50], 5, 0)[1]] == [c.case_id for c in val if c in cases[:50]]
     assert all(fold_of(c.case_id, 5) == 0 for c in val)
+
+
+def test_fold_minus_one_trains_on_every_case_and_other_folds_are_refused():
+    cases = [Case(f"case_{i:03d}", (), None) for i in range(20)]
+    train, val = split_cases(cases, 5, -1)
+    assert [c.case_id for c in train] == [c.case_id for c in cases] and val == []
+    for fold in (-2, 5):
+        with pytest.raises(ValueError, match=f"fold must be -1 .*got fold={fold}, num_folds=5"):
+            split_cases(cases, 5, fold)

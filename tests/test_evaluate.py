@@ -60,12 +60,26 @@ def test_evaluates_a_training_workdir(tiny_run, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert sorted(r["case_id"] for r in summary["cases"]) == sorted(config["validation_cases"])
     assert summary["settings"]["inference"]["mirror_axes"] == [2]
+    assert summary["settings"]["training_cases_evaluated"] == 0 and "not held-out" not in out.stderr
     for record in summary["cases"]:
         written = sitk.ReadImage(str(report / "predictions" / f"{record['case_id']}.nii.gz"))
         original = sitk.ReadImage(str(data / "imagesTr" / f"{record['case_id']}.nii.gz"))
         assert written.GetSize() == original.GetSize() and written.GetSpacing() == original.GetSpacing()
         assert written.GetOrigin() == original.GetOrigin() and written.GetDirection() == original.GetDirection()
         assert np.isfinite(record["labels"]["1"]["dice"])
+
+
+def test_evaluating_training_cases_warns(tiny_run, tmp_path):
+    run, _ = tiny_run
+    data = run.parent / "cache" / "demo_data_6"
+    out = _evaluate(f"--model={run}", f"--data_dir={data}", f"--output_dir={tmp_path / 'report'}",
+                    "--mirror_axes=none", "--figures=false")  # every case, the training ones too
+    assert out.returncode == 0, out.stderr[-3000:]
+    trained = json.loads((run / "config.json").read_text())["train_cases"]
+    assert f"warning: {len(trained)} of the 6 cases evaluated were training cases of {run}" in out.stderr
+    assert "not held-out" in out.stderr
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["settings"]["training_cases_evaluated"] == len(trained) > 0
 
 
 def test_evaluates_hippocampus_cases(tiny_run, tmp_path, hippocampus_dir):

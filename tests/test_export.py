@@ -211,3 +211,6 @@ def test_evaluate_accepts_an_exported_saved_model(exported, tmp_path):
     assert scores["workdir"].keys() == scores["saved_model"].keys() and scores["workdir"]
     for key, value in scores["workdir"].items():
         assert abs(value - scores["saved_model"][key]) < 1e-3, key
+    # The export keeps the training cases, so evaluate.py can warn on a SavedModel too.
+    exported_run = json.loads((version / "assets.extra" / "vnet_tf_run.json").read_text())
+    assert exported_run["train_cases"] == json.loads((run / "config.json").read_text())["train_cases"] != []

@@ -108,6 +108,7 @@ def test_run_written_before_a_setting_existed_resumes_with_its_default(tmp_path)
     (["--loss=focal"], "loss"),
     (["--aug_scale=1.2"], "--aug_scale: expected 2 values"),
     (["--fold=7"], "fold"),
+    (["--fold=-2"], "--fold"),
     (["--deep_supervision=2"], "deep_supervision must be in [0, 1]"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, args, message):
@@ -126,6 +127,15 @@ def _tiny_config(tmp_path, **overrides):
                        patch_size_zyx=(16, 16, 16), steps=3, num_folds=3, validation_every=100,
                        checkpoint_every=100)
     return dataclasses.replace(base, **overrides)
+
+
+def test_fold_minus_one_trains_on_every_case_without_validation(tmp_path):
+    from vnet_tf.training import train
+    summary = train(_tiny_config(tmp_path, fold=-1, steps=2), log=lambda s: None, progress=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["validation_cases"] == [] and len(config["train_cases"]) == 6
+    assert summary["steps"] == 2 and summary["validation_dice_per_class"] is None
+    assert (tmp_path / "run" / "best.keras").is_file() and (tmp_path / "run" / "model.keras").is_file()
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

@@ -42,6 +42,13 @@ def find_prediction(predictions_dir: pathlib.Path, case_id: str) -> pathlib.Path
     return matches[0]
 
 
+def trained_on(run: dict, cases: Sequence[Case]) -> List[str]:
+    """The ids of ``cases`` that the run (its ``config.json``) trained on, in order: scores on
+    these are not held-out."""
+    seen = set(run.get("train_cases") or ())
+    return [c.case_id for c in cases if c.case_id in seen]
+
+
 def _progress(done: int, total: int, started: float, text: str) -> None:
     width = 30
     filled = int(width * done / max(total, 1))

@@ -98,7 +98,7 @@ def export_run(workdir: PathLike, export_base: PathLike, version: Optional[int] 
             writer.write(warmup_record(example[..., 0] if run["input_channels"] == 1 else example))
         (tmp / "model" / "assets.extra" / RUN_FILE).write_text(json.dumps(
             {"workdir": str(pathlib.Path(workdir).resolve()), "which": which, "num_classes": run["num_classes"],
-             "input_channels": run["input_channels"],
+             "input_channels": run["input_channels"], "train_cases": run.get("train_cases", []),
              "train": {"preprocess": preprocess.to_dict(), "inference": inference.to_dict(),
                        "patch_size_zyx": list(inference.patch_size_zyx)}}, indent=2))
         os.rename(tmp / "model", target)

@@ -92,8 +92,9 @@ class TrainConfig:
             raise ValueError(f"deep_supervision must be in [0, {ds_lib.max_levels(self.model.depth)}] "
                              f"(heads on right stages 1 .. depth - 2) for depth {self.model.depth}, "
                              f"got {self.deep_supervision}")
-        if self.num_folds < 2 or not 0 <= self.fold < self.num_folds:
-            raise ValueError(f"fold must be in [0, num_folds) with num_folds >= 2, got fold={self.fold}, num_folds={self.num_folds}")
+        if self.num_folds < 2 or not -1 <= self.fold < self.num_folds:
+            raise ValueError(f"fold must be -1 (train on all cases) or in [0, num_folds) with num_folds >= 2, "
+                             f"got fold={self.fold}, num_folds={self.num_folds}")
         self.preprocess.validate()
         self.optimizer.validate()
         self.model.resolved()

@@ -195,12 +195,17 @@ def fold_of(case_id: str, num_folds: int) -> int:
     return int(digest[:8], 16) % num_folds
 
 
+def check_fold(fold: int, num_folds: int) -> None:
+    """Raises ``ValueError`` unless ``fold`` is -1 (every case trains) or in ``[0, num_folds)``."""
+    if num_folds < 2 or not -1 <= fold < num_folds:
+        raise ValueError(f"fold must be -1 (train on all cases) or in [0, num_folds) with num_folds >= 2, "
+                         f"got fold={fold}, num_folds={num_folds}")
+
+
 def split_cases(cases: List[Case], num_folds: int = 5, fold: int = 0) -> Tuple[List[Case], List[Case]]:
     """``(training, validation)``: the validation cases are those whose :func:`fold_of` is
     ``fold``; order is kept. ``fold=-1`` trains on every case (nnU-Net's "all"): no validation."""
-    if num_folds < 2 or not -1 <= fold < num_folds:
-        raise ValueError(f"fold must be -1 (all cases) or in [0, num_folds) with num_folds >= 2, "
-                         f"got fold={fold}, num_folds={num_folds}")
+    check_fold(fold, num_folds)
     if fold == -1:
         return list(cases), []
     validation = [c for c in cases if fold_of(c.case_id, num_folds) == fold]

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from vnet_tf import augment as aug_lib
 from vnet_tf.cache import load_cached_case, preprocess_dataset
-from vnet_tf.cases import find_cases, split_cases
+from vnet_tf.cases import check_fold, find_cases, split_cases
 from vnet_tf.check import check_dataset
 from vnet_tf.checkpoint import restore_checkpoint, save_checkpoint
 from vnet_tf import deep_supervision as ds_lib
@@ -92,9 +92,7 @@ class TrainConfig:
             raise ValueError(f"deep_supervision must be in [0, {ds_lib.max_levels(self.model.depth)}] "
                              f"(heads on right stages 1 .. depth - 2) for depth {self.model.depth}, "
                              f"got {self.deep_supervision}")
-        if self.num_folds < 2 or not -1 <= self.fold < self.num_folds:
-            raise ValueError(f"fold must be -1 (train on all cases) or in [0, num_folds) with num_folds >= 2, "
-                             f"got fold={self.fold}, num_folds={self.num_folds}")
+        check_fold(self.fold, self.num_folds)
         self.preprocess.validate()
         self.optimizer.validate()
         self.model.resolved()

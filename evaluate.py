@@ -49,7 +49,7 @@ def main(argv):
     if not pathlib.Path(source).is_dir():
         raise app.UsageError(f"--{'model' if FLAGS.model else 'predictions_dir'} {source}: no such folder")
 
-    from vnet_tf.cases import find_cases, fold_of  # pylint: disable=import-outside-toplevel
+    from vnet_tf.cases import check_fold, find_cases, fold_of  # pylint: disable=import-outside-toplevel
     from vnet_tf.evaluation import evaluate_cases, trained_on  # pylint: disable=import-outside-toplevel
 
     try:
@@ -57,9 +57,11 @@ def main(argv):
     except ValueError as err:
         raise app.UsageError(f"--data_dir: {err}") from err
     cases = dataset.cases
+    try:
+        check_fold(FLAGS.fold, FLAGS.num_folds)
+    except ValueError as err:
+        raise app.UsageError(f"--fold / --num_folds: {err}") from err
     if FLAGS.fold >= 0:
-        if FLAGS.fold >= FLAGS.num_folds:
-            raise app.UsageError(f"--fold {FLAGS.fold} must be < --num_folds {FLAGS.num_folds}")
         cases = [c for c in cases if fold_of(c.case_id, FLAGS.num_folds) == FLAGS.fold]
     if FLAGS.max_cases:
         cases = cases[: FLAGS.max_cases]

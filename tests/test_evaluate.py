@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from conftest import REPO, subprocess_env
@@ -67,6 +68,15 @@ def test_evaluates_a_training_workdir(tiny_run, tmp_path):
         assert written.GetSize() == original.GetSize() and written.GetSpacing() == original.GetSpacing()
         assert written.GetOrigin() == original.GetOrigin() and written.GetDirection() == original.GetDirection()
         assert np.isfinite(record["labels"]["1"]["dice"])
+
+
+@pytest.mark.parametrize("fold", ["-2", "3"])
+def test_a_fold_out_of_range_is_refused_naming_the_flag(tiny_run, tmp_path, fold):
+    run, _ = tiny_run
+    out = _evaluate(f"--model={run}", f"--data_dir={run.parent / 'cache' / 'demo_data_6'}",
+                    f"--output_dir={tmp_path / 'report'}", f"--fold={fold}", "--num_folds=3")
+    assert out.returncode != 0 and "--fold / --num_folds: fold must be -1" in out.stderr
+    assert f"got fold={fold}, num_folds=3" in out.stderr and not (tmp_path / "report").exists()
 
 
 def test_evaluating_training_cases_warns(tiny_run, tmp_path):

@@ -76,6 +76,9 @@ flags.DEFINE_float("aug_noise_std", 0.1, "max noise std", lower_bound=0.0)
 flags.DEFINE_float("aug_blur_p", 0.0, "Gaussian blur probability", lower_bound=0.0, upper_bound=1.0)
 # schedule of the run
 flags.DEFINE_integer("steps", 200, "training steps", lower_bound=1)
+flags.DEFINE_float("time_budget_minutes", 0.0, "stop training when this much wall time (over resumes) is "
+                   "spent, the schedule planned to end then; --steps becomes an upper bound (0 = off)",
+                   lower_bound=0.0)
 flags.DEFINE_integer("batch_size", 2, "patches per step (global, split over replicas)", lower_bound=1)
 flags.DEFINE_float("foreground_fraction", 1 / 3, "patches centred on foreground", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("validation_every", 100, "validate every this many steps", lower_bound=1)
@@ -144,6 +147,7 @@ def build_config(data_dir: str):
             flip_probability=FLAGS.aug_flip_p),
         augment_on=FLAGS.augment_on, patch_size_zyx=patch, batch_size=FLAGS.batch_size,
         foreground_fraction=FLAGS.foreground_fraction, steps=FLAGS.steps,
+        time_budget_minutes=FLAGS.time_budget_minutes,
         validation_every=FLAGS.validation_every, checkpoint_every=FLAGS.checkpoint_every,
         num_folds=FLAGS.num_folds, fold=FLAGS.fold, max_validation_cases=FLAGS.max_validation_cases,
         inference=InferenceConfig(overlap=FLAGS.val_overlap, mirror_axes=_numbers("mirror_axes", int),
@@ -179,6 +183,10 @@ def main(argv):
     print(f"done: step {summary['steps']} ({summary['steps_per_second']} steps/s this run, peak memory "
           f"{summary['peak_memory_mb']} MB); validation Dice per class (background first): {dice_text}; "
           f"outputs in {workdir.resolve()}")
+    if summary["stopped_by_budget"]:
+        print(f"the time budget ({FLAGS.time_budget_minutes:g} min, {summary['elapsed_seconds']:.0f} s used) "
+              f"set the run's length: {summary['steps']} of at most {FLAGS.steps} steps; the same length without "
+              f"a budget: --steps={summary['steps']} --time_budget_minutes=0")
 
 
 if __name__ == "__main__":

@@ -62,14 +62,16 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, kind: str, learning_rate: float, total_steps: int, decay_steps: int = 25_000,
                  decay_factor: float = 0.1, poly_power: float = 0.9, warmup_steps: int = 0):
-        self.kind, self.learning_rate, self.total_steps = kind, float(learning_rate), int(total_steps)
+        # ``total_steps`` may be a variable: a run with a time budget revises its length.
+        self.total_steps = total_steps if isinstance(total_steps, keras.Variable) else int(total_steps)
+        self.kind, self.learning_rate = kind, float(learning_rate)
         self.decay_steps, self.decay_factor = int(decay_steps), float(decay_factor)
         self.poly_power, self.warmup_steps = float(poly_power), int(warmup_steps)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
         lr = ops.convert_to_tensor(self.learning_rate, "float32")
-        total = float(max(self.total_steps, 1))
+        total = ops.maximum(ops.cast(self.total_steps, "float32"), 1.0)
         if self.kind == "step":
             lr = lr * ops.power(self.decay_factor, ops.floor(step / self.decay_steps))
         elif self.kind == "poly":
@@ -81,13 +83,15 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return lr
 
     def get_config(self):
-        return dict(kind=self.kind, learning_rate=self.learning_rate, total_steps=self.total_steps,
+        total = int(ops.convert_to_numpy(self.total_steps))
+        return dict(kind=self.kind, learning_rate=self.learning_rate, total_steps=total,
                     decay_steps=self.decay_steps, decay_factor=self.decay_factor,
                     poly_power=self.poly_power, warmup_steps=self.warmup_steps)
 
 
-def make_optimizer(config: OptimizerConfig, total_steps: int, mixed_float16: bool = False):
-    """The Keras optimizer for ``config`` (wrapped in a loss-scale optimizer for float16)."""
+def make_optimizer(config: OptimizerConfig, total_steps, mixed_float16: bool = False):
+    """The Keras optimizer for ``config`` (wrapped in a loss-scale optimizer for float16);
+    ``total_steps``, the schedule's length, is an int or a ``keras.Variable``."""
     config.validate()
     schedule = WarmupSchedule(config.schedule, config.learning_rate, total_steps, config.decay_steps,
                               config.decay_factor, config.poly_power, config.warmup_steps)

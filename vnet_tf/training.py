@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from vnet_tf import augment as aug_lib
+from vnet_tf.budget import BudgetClock
 from vnet_tf.cache import load_cached_case, preprocess_dataset
 from vnet_tf.cases import check_fold, find_cases, split_cases
 from vnet_tf.check import check_dataset
@@ -67,6 +68,7 @@ class TrainConfig:
     foreground_fraction: float = 1 / 3
     class_balance: bool = True
     steps: int = 200
+    time_budget_minutes: float = 0.0
     validation_every: int = 100
     checkpoint_every: int = 50
     log_every: int = 10
@@ -92,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"deep_supervision must be in [0, {ds_lib.max_levels(self.model.depth)}] "
                              f"(heads on right stages 1 .. depth - 2) for depth {self.model.depth}, "
                              f"got {self.deep_supervision}")
+        if not self.time_budget_minutes >= 0:
+            raise ValueError(f"time_budget_minutes must be >= 0 (0 = no budget), got {self.time_budget_minutes!r}")
         check_fold(self.fold, self.num_folds)
         self.preprocess.validate()
         self.optimizer.validate()
@@ -161,8 +165,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     """Trains (or resumes) and writes into ``config.workdir``: ``config.json``,
     ``checkpoint.npz`` (latest), ``best.npz`` and ``best.keras`` (best validation Dice),
     ``model.keras`` (final), ``tensorboard/`` and ``summary.json``. Returns the summary;
-    ``on_end(model, strategy)`` is called with the trained model (tests inspect replicas)."""
+    ``on_end(model, strategy)`` is called with the trained model (tests inspect replicas).
+
+    With ``time_budget_minutes``, ``steps`` is an upper bound: the run (and its learning-rate
+    schedule) ends when the budget, counted from this call and over resumed parts, is spent
+    (:mod:`vnet_tf.budget`)."""
     config.validate()
+    clock_start = time.perf_counter()
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
@@ -188,7 +197,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         model = build_vnet(model_config)
         # The model trained: the V-Net, or the V-Net with deep-supervision heads (training only).
         train_model = ds_lib.supervised_model(model, config.deep_supervision) if config.deep_supervision else model
-        optimizer = make_optimizer(config.optimizer, config.steps, config.mixed_precision == "mixed_float16")
+        planned_steps = keras.Variable(float(config.steps), dtype="float32", trainable=False, name="planned_steps")
+        optimizer = make_optimizer(config.optimizer, planned_steps, config.mixed_precision == "mixed_float16")
         optimizer.build(train_model.trainable_variables)
         references = None
         if config.augment.histogram_probability > 0:
@@ -203,12 +213,20 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     if train_model is not model:
         groups["deep_supervision"] = ds_lib.head_variables(train_model, model)
 
-    start_step, best = 0, -1.0
+    start_step, best, elapsed_before, total = 0, -1.0, 0.0, config.steps
     latest = workdir / CHECKPOINT
     if latest.is_file():
         meta, count = restore_checkpoint(latest, groups)
         start_step, best = int(meta["step"]), float(meta["best_score"])
+        elapsed_before = float(meta.get("elapsed_seconds", 0.0))
         log(f"resumed from {latest} at step {start_step} ({count} variables restored)")
+    budget = config.time_budget_minutes * 60.0
+    clock = BudgetClock(budget, elapsed_before, clock_start)
+    if budget and start_step:  # re-planned for the budget now (it may differ from the last part's)
+        clock.seed(meta.get("seconds_per_step"), meta.get("seconds_per_validation"))
+        total = max(clock.plan(start_step, config.steps, config.validation_every, time.perf_counter(),
+                               bool(val_paths)), start_step)
+    planned_steps.assign(float(total))
     config_file.write_text(json.dumps(resolved, indent=2))
 
     device_aug = augmentation if config.augment_on == "device" else None
@@ -225,7 +243,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     step_fn = _make_step(train_model, optimizer, loss_fn, device_aug, strategy, config.batch_size)
 
     val_cases = [load_cached_case(p) for p in val_paths]
-    logger = TrainingLogger(workdir / "tensorboard", config.steps, start_step, progress and strategy_is_chief(strategy))
+    logger = TrainingLogger(workdir / "tensorboard", total, start_step, progress and strategy_is_chief(strategy))
     last_scores, history = None, []
     started = time.perf_counter()
     step = start_step
@@ -233,20 +251,35 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     # Steady-state rate: training steps only (no validation / checkpoints), after the first
     # steps (tracing).
     warm_steps = 10 if config.steps - start_step >= 20 else 1
+
+    def replan(step):
+        """The run's length for the time left (the schedule and progress bar follow it)."""
+        planned = max(clock.plan(step, config.steps, config.validation_every, time.perf_counter(),
+                                 bool(val_cases)), step)
+        planned_steps.assign(float(planned))
+        logger.bar.target = planned
+        return planned
+
     step_seconds = 0.0  # time in training steps after the warm-up, validation excluded
-    while step < config.steps:
+    while step < total:
         tick = time.perf_counter()
         loss = float(step_fn(next(iterator)))
         step += 1
-        if first_step_done is not None:
+        timed = first_step_done is not None
+        if timed:
             step_seconds += time.perf_counter() - tick
         elif step - start_step >= warm_steps:
             first_step_done = step
         history.append(loss)
         lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         logger.step(step, loss, lr, config.batch_size)
-        if step % config.validation_every == 0 or step == config.steps:
+        validating = bool(val_cases) and step % config.validation_every == 0
+        if budget and step % config.checkpoint_every == 0 and not validating:
+            total = replan(step)  # (at a validation step, once the validation's time is known)
+        validation_seconds = 0.0
+        if step % config.validation_every == 0 or step == total:
             if val_cases:
+                started_validation = time.perf_counter()
                 scores, example = validate_cases(model, val_cases, config, num_classes)
                 last_scores = scores.mean(axis=0)
                 score = float(last_scores[1:].mean())
@@ -254,8 +287,15 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
                 if score > best:
                     best = score
                     _save_best(workdir, model, groups, step, best)
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            save_checkpoint(latest, groups, {"step": step, "best_score": best})
+                validation_seconds = time.perf_counter() - started_validation
+                clock.add_validation(validation_seconds)
+                if budget and step < total:  # if it used up the budget, it was the last one
+                    total = replan(step)
+        if step % config.checkpoint_every == 0 or step == total:
+            save_checkpoint(latest, groups, {"step": step, "best_score": best, "planned_steps": total,
+                                             "elapsed_seconds": clock.elapsed(time.perf_counter()), **clock.rates()})
+        if timed:  # the step, its logs and checkpoint: what each further step will cost
+            clock.add_step(time.perf_counter() - tick - validation_seconds)
     seconds = time.perf_counter() - started
     logger.close()
     _atomic_keras_save(model, workdir / "model.keras")
@@ -268,6 +308,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
                "final_loss": history[-1] if history else None, "loss_history": history,
                "validation_dice_per_class": None if last_scores is None else [float(v) for v in last_scores],
                "best_validation_dice": best if best >= 0 else None,
+               "time_budget_minutes": config.time_budget_minutes or None,
+               "elapsed_seconds": round(clock.elapsed(time.perf_counter()), 1),
+               "stopped_by_budget": bool(budget) and step < config.steps,
                "peak_memory_mb": round(_peak_rss_mb(), 1), "workdir": str(workdir.resolve())}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     if on_end is not None:
@@ -329,7 +372,8 @@ def _xla_transform(layer):
 
 
 def _check_same_run(config_file: pathlib.Path, resolved: dict) -> None:
-    """A workdir holds one run: resuming with other settings (apart from ``steps``) is an error."""
+    """A workdir holds one run: resuming with other settings (apart from ``steps`` and
+    ``time_budget_minutes``) is an error."""
     if not config_file.is_file() or not (config_file.parent / CHECKPOINT).is_file():
         return
     previous = json.loads(config_file.read_text())
@@ -340,6 +384,7 @@ def _check_same_run(config_file: pathlib.Path, resolved: dict) -> None:
     old = {**{k: v for k, v in defaults.items() if k in new}, **old}
     for d in (old, new):
         d.pop("steps", None)
+        d.pop("time_budget_minutes", None)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         raise ValueError(f"{config_file.parent} holds a run with other settings ({', '.join(changed)} differ); "

@@ -1,0 +1,130 @@
+"""vnet_tf.budget and train(time_budget_minutes=...): the planned length against a
+brute-force count, the schedule following the plan inside a compiled step, and a run that
+the budget ends (then resumes with the same and with a larger budget)."""
+
+import dataclasses
+import json
+import random
+
+import keras
+import pytest
+import tensorflow as tf
+
+from vnet_tf.budget import BudgetClock, plan_total_steps
+from vnet_tf.checkpoint import read_meta
+from vnet_tf.optim import WarmupSchedule
+
+
+def _brute_force(step, max_steps, remaining, per_step, every, per_validation):
+    """Simulates each candidate end step by step, counting every validation it would run."""
+    best = step
+    for end in range(step + 1, max_steps + 1):
+        spent = 0.0
+        for i in range(step + 1, end + 1):
+            spent += per_step
+            if i % every == 0 or i == end:
+                spent += per_validation
+        if spent <= remaining:
+            best = end
+    return best
+
+
+def test_plan_matches_a_brute_force_count():
+    rng = random.Random(0)
+    for _ in range(300):
+        step, every = rng.randrange(0, 60), rng.randrange(1, 12)
+        args = (step, step + rng.randrange(0, 50), rng.uniform(-1, 40), rng.uniform(0.1, 2), every,
+                rng.choice([0.0, rng.uniform(0, 5)]))
+        assert plan_total_steps(*args) == _brute_force(*args), args
+
+
+def test_plan_edges_and_bad_values():
+    assert plan_total_steps(10, 100, remaining_seconds=0.5, seconds_per_step=1.0, validation_every=5) == 10
+    assert plan_total_steps(10, 12, remaining_seconds=1e9, seconds_per_step=1.0, validation_every=5) == 12
+    # From step 15: steps 16..19 and the validation at the end (19) take 5 s; ending at 20
+    # would take 6 s (5 steps + 1 validation), at 21 8 s (6 steps + validations at 20 and 21).
+    assert plan_total_steps(15, 100, 5.0, 1.0, 5, seconds_per_validation=1.0) == 19
+    assert plan_total_steps(15, 100, 6.0, 1.0, 5, seconds_per_validation=1.0) == 20
+    assert plan_total_steps(15, 100, 7.9, 1.0, 5, seconds_per_validation=1.0) == 20
+    with pytest.raises(ValueError, match="seconds_per_step"):
+        plan_total_steps(0, 10, 5.0, 0.0, 5)
+    with pytest.raises(ValueError, match="validation_every"):
+        plan_total_steps(0, 10, 5.0, 1.0, 0)
+
+
+def test_clock_counts_earlier_parts_and_carries_its_rates():
+    clock = BudgetClock(100.0, elapsed_before=40.0, now=1000.0)
+    assert clock.elapsed(1010.0) == 50.0
+    assert clock.plan(0, 500, 10, now=1010.0, has_validation=True) == 500  # nothing measured yet
+    clock.add_step(0.5)
+    clock.add_step(1.5)
+    clock.add_validation(4.0)
+    assert clock.rates() == {"seconds_per_step": 1.0, "seconds_per_validation": 4.0}
+    assert clock.plan(0, 500, 10, now=1010.0, has_validation=True) == plan_total_steps(0, 500, 50.0, 1.0, 10, 4.0)
+    resumed = BudgetClock(100.0, 60.0, now=0.0)
+    resumed.seed(**clock.rates())
+    assert resumed.rates() == clock.rates()
+
+
+def test_schedule_length_follows_a_variable_in_a_compiled_function():
+    total = keras.Variable(1000.0, dtype="float32", trainable=False)
+    schedule = WarmupSchedule("poly", 0.01, total, poly_power=0.9)
+    compiled = tf.function(lambda s: schedule(s))
+    assert float(compiled(500)) == pytest.approx(0.01 * 0.5 ** 0.9, rel=1e-5)
+    total.assign(600.0)
+    assert float(compiled(500)) == pytest.approx(0.01 * (100 / 600) ** 0.9, rel=1e-5)
+    assert float(compiled(600)) == 0.0
+    assert schedule.get_config()["total_steps"] == 600
+
+
+def _learning_rates(run):
+    events = sorted((run / "tensorboard").glob("events.out.tfevents.*"))
+    rates = {}
+    for path in events:
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == "train/learning_rate":
+                    rates[event.step] = float(tf.make_ndarray(value.tensor))
+    return rates
+
+
+def test_time_budget_ends_the_run_and_its_schedule(tmp_path):
+    from vnet_tf.demo_data import write_demo_dataset
+    from vnet_tf.model import VNetConfig
+    from vnet_tf.optim import OptimizerConfig
+    from vnet_tf.training import TrainConfig, train
+    data = write_demo_dataset(tmp_path / "demo", 6)
+    budget_minutes = 0.4  # of which tracing and the first validation take ~13 s here
+    config = TrainConfig(data_dir=str(data), workdir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                         model=VNetConfig(base_width=4, depth=3, kernel_size=3, normalization="instance"),
+                         optimizer=OptimizerConfig("adam", 0.01, schedule="poly"), patch_size_zyx=(16, 16, 16),
+                         steps=100_000, time_budget_minutes=budget_minutes, num_folds=3, validation_every=20,
+                         checkpoint_every=5, max_validation_cases=1)
+    summary = train(config, log=lambda s: None, progress=False)
+    steps = summary["steps"]
+    assert summary["stopped_by_budget"] and 10 < steps < 100_000, summary["steps"]
+    meta = read_meta(tmp_path / "run" / "checkpoint.npz")
+    # Over by at most one validation that started within the budget, the final saves and noise.
+    assert summary["elapsed_seconds"] <= budget_minutes * 60 + meta["seconds_per_validation"] + 3, summary
+    # ... and it stops when one more step and the final validation would not fit.
+    assert summary["elapsed_seconds"] >= budget_minutes * 60 - meta["seconds_per_validation"] - 2, summary
+    assert meta["step"] == steps == meta["planned_steps"] and meta["seconds_per_step"] > 0
+    rates = _learning_rates(tmp_path / "run")
+    assert max(rates) == steps
+    assert rates[steps] < 0.25 * 0.01, rates[steps]  # the poly schedule ran (nearly) to its end
+    assert rates[steps // 2] > 0.3 * 0.01, rates[steps // 2]
+
+    again = train(config, log=lambda s: None, progress=False)  # the budget is spent: no more steps
+    assert again["steps"] == steps and again["resumed_from_step"] == steps
+
+    more = train(dataclasses.replace(config, time_budget_minutes=budget_minutes + 0.15), log=lambda s: None,
+                 progress=False)
+    assert more["resumed_from_step"] == steps and more["steps"] > steps, more["steps"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == more["steps"]
+
+
+def test_negative_budget_is_refused():
+    from vnet_tf.training import TrainConfig
+    with pytest.raises(ValueError, match="time_budget_minutes must be >= 0"):
+        TrainConfig(data_dir="x", workdir="y", time_budget_minutes=-1.0).validate()
+    assert TrainConfig(data_dir="x", workdir="y", time_budget_minutes=5.0).validate().time_budget_minutes == 5.0

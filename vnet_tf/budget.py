@@ -1,0 +1,84 @@
+"""A wall-clock budget for training: how many steps fit in the time that is left.
+
+With a budget, ``steps`` is an upper bound and the run's length (and with it the length of
+the learning-rate schedule) is planned from the speed measured so far, so the schedule ends,
+decayed, when the budget does, on a fast machine or a slow one. The plan is revised while
+training runs (every ``checkpoint_every`` steps); it counts the time of the validations
+still to come (every ``validation_every`` steps and one at the end) at the measured cost of
+one validation. A budgeted run is therefore not bit-reproducible across machines: its
+summary records the steps it ran, which a replay can pass as ``--steps`` without a budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def plan_total_steps(step: int, max_steps: int, remaining_seconds: float, seconds_per_step: float,
+                     validation_every: int, seconds_per_validation: float = 0.0) -> int:
+    """The step count to end at: the most steps after ``step`` (at most ``max_steps`` in all)
+    whose training time and validations fit in ``remaining_seconds``; ``step`` itself when
+    not one more step fits (stop now).
+
+    ``n`` more steps cost ``n * seconds_per_step`` plus one validation at every multiple of
+    ``validation_every`` in ``(step, step + n]`` and one at ``step + n`` if that is not one.
+    """
+    if seconds_per_step <= 0:
+        raise ValueError(f"seconds_per_step must be > 0, got {seconds_per_step!r}")
+    if validation_every < 1:
+        raise ValueError(f"validation_every must be >= 1, got {validation_every!r}")
+    if step >= max_steps or remaining_seconds <= 0:
+        return min(step, max_steps)
+
+    def cost(n):
+        end = step + n
+        validations = end // validation_every - step // validation_every + (end % validation_every != 0)
+        return n * seconds_per_step + validations * seconds_per_validation
+
+    # Upper estimate from the average cost per step, then walk down to what fits exactly.
+    per_step = seconds_per_step + seconds_per_validation / validation_every
+    n = min(max_steps - step, int(math.floor(remaining_seconds / per_step)) + 1)
+    while n > 0 and cost(n) > remaining_seconds:
+        n -= 1
+    return step + n
+
+
+class BudgetClock:
+    """The time a run has used (this process and the parts before a resume) and its rates."""
+
+    def __init__(self, budget_seconds: float, elapsed_before: float, now: float):
+        self.budget, self.before, self.started = float(budget_seconds), float(elapsed_before), float(now)
+        self.validation_seconds, self.validations = 0.0, 0
+        self.step_seconds, self.steps_timed = 0.0, 0
+
+    def seed(self, seconds_per_step, seconds_per_validation) -> None:
+        """Starts the averages from rates a checkpoint recorded (``None``: not measured)."""
+        if seconds_per_step:
+            self.add_step(float(seconds_per_step))
+        if seconds_per_validation:
+            self.add_validation(float(seconds_per_validation))
+
+    def rates(self) -> dict:
+        """The measured averages, for a checkpoint (``None`` where nothing was measured)."""
+        return {"seconds_per_step": self.step_seconds / self.steps_timed if self.steps_timed else None,
+                "seconds_per_validation": self.validation_seconds / self.validations if self.validations else None}
+
+    def elapsed(self, now: float) -> float:
+        return self.before + (now - self.started)
+
+    def add_step(self, seconds: float) -> None:
+        self.step_seconds += seconds
+        self.steps_timed += 1
+
+    def add_validation(self, seconds: float) -> None:
+        self.validation_seconds += seconds
+        self.validations += 1
+
+    def plan(self, step: int, max_steps: int, validation_every: int, now: float, has_validation: bool) -> int:
+        """:func:`plan_total_steps` with the rates measured in this process; ``max_steps``
+        until a step has been timed."""
+        if not self.steps_timed:
+            return max_steps
+        per_validation = self.validation_seconds / self.validations if self.validations else 0.0
+        return plan_total_steps(step, max_steps, self.budget - self.elapsed(now), self.step_seconds / self.steps_timed,
+                                validation_every, per_validation if has_validation else 0.0)

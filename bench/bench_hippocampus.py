@@ -66,7 +66,9 @@ def main(argv):
     subprocess.run([sys.executable, "evaluate.py", f"--model={workdir}", f"--data_dir={DATA}", f"--fold={fold}", "--which=final",
                     f"--output_dir={out_dir}"], cwd=REPO, check=True)
     summary = json.loads((REPO / out_dir / "summary.json").read_text())
-    print(f"\ntraining wall time {train_s / 60:.1f} min (train.py incl. data check and caching)")
+    trained = json.loads((REPO / workdir / "summary.json").read_text())
+    print(f"\ntraining wall time {train_s / 60:.1f} min (train.py incl. data check and caching), "
+          f"{trained['steps']} steps" + (" (the length the time budget set)" if trained.get("stopped_by_budget") else ""))
     print("| label | Dice | HD95 (mm) | ASSD (mm) |\n|---|---|---|---|")
     for label, stats in summary["per_label"].items():
         cells = [f"{stats[m]['mean']:.3f} +/- {stats[m]['std']:.3f}" for m in ("dice", "hd95", "assd")]

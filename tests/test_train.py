@@ -213,7 +213,8 @@ def test_shipped_flagfiles_parse_and_validate():
         "from absl import flags\n"
         "flags.FLAGS(sys.argv)\n"
         "config = train.build_config('.')\n"
-        "print('ok', config.steps, config.patch_size_zyx, config.deep_supervision, config.batch_dice)\n"
+        "print('ok', config.steps, config.patch_size_zyx, config.deep_supervision, config.batch_dice,\n"
+        "      config.time_budget_minutes)\n"
     )
     for name in ("demo.flags", "hippocampus.flags", "hippocampus_paper.flags", "hippocampus_ds.flags",
                  "promise12_paper.flags"):
@@ -221,4 +222,6 @@ def test_shipped_flagfiles_parse_and_validate():
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0 and "ok" in out.stdout, (name, out.stderr[-2000:])
         if name == "hippocampus_ds.flags":  # the nested --flagfile applies, then its overrides
-            assert "ok 4000 (40, 56, 40) 2 True" in out.stdout, out.stdout
+            assert "ok 4000 (40, 56, 40) 2 True 0.0" in out.stdout, out.stdout
+        if name == "hippocampus.flags":  # the recipe's length is its 2-hour budget
+            assert "ok 10000 (40, 56, 40) 0 False 115.0" in out.stdout, out.stdout

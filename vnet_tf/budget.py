@@ -3,10 +3,10 @@
 With a budget, ``steps`` is an upper bound and the run's length (and with it the length of
 the learning-rate schedule) is planned from the speed measured so far, so the schedule ends,
 decayed, when the budget does, on a fast machine or a slow one. The plan is revised while
-training runs (every ``checkpoint_every`` steps); it counts the time of the validations
-still to come (every ``validation_every`` steps and one at the end) at the measured cost of
+training runs (every ``checkpoint_every`` steps and after each validation); it counts the
+time of the validations still to come (every ``validation_every`` steps and one at the end) at the measured cost of
 one validation. A budgeted run is therefore not bit-reproducible across machines: its
-summary records the steps it ran, which a replay can pass as ``--steps`` without a budget.
+summary records the steps it ran, and ``--steps`` with no budget trains a run of that length.
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ class BudgetClock:
     def plan(self, step: int, max_steps: int, validation_every: int, now: float, has_validation: bool) -> int:
         """:func:`plan_total_steps` with the rates measured in this process; ``max_steps``
         until a step has been timed."""
-        if not self.steps_timed:
+        rates = self.rates()
+        if rates["seconds_per_step"] is None:
             return max_steps
-        per_validation = self.validation_seconds / self.validations if self.validations else 0.0
-        return plan_total_steps(step, max_steps, self.budget - self.elapsed(now), self.step_seconds / self.steps_timed,
-                                validation_every, per_validation if has_validation else 0.0)
+        per_validation = (rates["seconds_per_validation"] or 0.0) if has_validation else 0.0
+        return plan_total_steps(step, max_steps, self.budget - self.elapsed(now), rates["seconds_per_step"],
+                                validation_every, per_validation)

@@ -224,4 +224,4 @@ def test_shipped_flagfiles_parse_and_validate():
         if name == "hippocampus_ds.flags":  # the nested --flagfile applies, then its overrides
             assert "ok 4000 (40, 56, 40) 2 True 0.0" in out.stdout, out.stdout
         if name == "hippocampus.flags":  # the recipe's length is its 2-hour budget
-            assert "ok 10000 (40, 56, 40) 0 False 115.0" in out.stdout, out.stdout
+            assert "ok 20000 (40, 56, 40) 0 False 115.0" in out.stdout, out.stdout

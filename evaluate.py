@@ -20,7 +20,8 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "", "a training workdir (config.json + best.keras / model.keras), or an "
                     "exported SavedModel version folder (EXPORT_BASE/N)")
-flags.DEFINE_enum("which", "best", ["best", "final"], "which model of the workdir")
+flags.DEFINE_enum("which", "best", ["best", "final", "final_raw"], "which model of the workdir (final_raw: a run "
+                  "with --weight_average, its training weights rather than their average)")
 flags.DEFINE_string("predictions_dir", "", "score the predictions in this folder instead of running a model")
 flags.DEFINE_string("data_dir", "", "dataset folder with labels (any layout train.py reads)")
 flags.DEFINE_enum("layout", "auto", ["auto", "msd", "nnunet", "promise12"], "dataset layout")

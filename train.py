@@ -57,6 +57,8 @@ flags.DEFINE_float("lr_decay_factor", 0.1, "step schedule: multiply by this")
 flags.DEFINE_float("poly_power", 0.9, "poly schedule power")
 flags.DEFINE_integer("warmup_steps", 0, "linear warm-up steps", lower_bound=0)
 flags.DEFINE_float("clipnorm", 0.0, "clip each gradient to this norm (0 = off)", lower_bound=0.0)
+flags.DEFINE_float("weight_average", 0.0, "momentum of a moving average of the weights, used for validation "
+                   "and the saved models (0 = off, e.g. 0.999)")
 # augmentation
 flags.DEFINE_enum("augment_on", "device", ["device", "host"], "augment inside the training step or in tf.data")
 flags.DEFINE_float("aug_elastic_p", 0.0, "B-spline elastic deformation probability", lower_bound=0.0, upper_bound=1.0)
@@ -135,6 +137,7 @@ def build_config(data_dir: str):
         optimizer=OptimizerConfig(FLAGS.optimizer, FLAGS.learning_rate, FLAGS.momentum, FLAGS.nesterov,
                                   FLAGS.weight_decay, FLAGS.lr_schedule, FLAGS.lr_decay_steps,
                                   FLAGS.lr_decay_factor, FLAGS.poly_power, FLAGS.warmup_steps, FLAGS.clipnorm),
+        weight_average=FLAGS.weight_average,
         augment=AugmentConfig(
             histogram_probability=FLAGS.aug_histogram_p, elastic_probability=FLAGS.aug_elastic_p,
             elastic_mesh=_numbers("aug_elastic_mesh", int, 3, True), elastic_sigma=FLAGS.aug_elastic_sigma,

@@ -111,6 +111,7 @@ def test_run_written_before_a_setting_existed_resumes_with_its_default(tmp_path)
     (["--fold=-2"], "--fold"),
     (["--deep_supervision=2"], "deep_supervision must be in [0, 1]"),
     (["--time_budget_minutes=-1"], "time_budget_minutes"),
+    (["--weight_average=1"], "weight_average must be in [0, 1)"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, args, message):
     out = run_train(tmp_path / "run", tmp_path / "cache", *args)

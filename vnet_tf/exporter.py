@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from vnet_tf import averaging
 from vnet_tf.checkpoint import restore_checkpoint
 from vnet_tf.io import PathLike
 from vnet_tf.model import VNetConfig, build_vnet
@@ -39,8 +40,9 @@ def next_version(export_base: pathlib.Path) -> int:
 
 
 def restore_model(workdir: PathLike, which: str = "best"):
-    """The run's model with its weights from ``best.npz`` or ``checkpoint.npz``; raises when
-    any variable is not restored. Returns ``(model, run_config_dict)``."""
+    """The run's model with its weights from ``best.npz`` or ``checkpoint.npz`` (the weight
+    average, where the run kept one); raises when any variable is not restored. Returns
+    ``(model, run_config_dict)``."""
     workdir = pathlib.Path(workdir)
     config_file = workdir / "config.json"
     if not config_file.is_file():
@@ -55,7 +57,9 @@ def restore_model(workdir: PathLike, which: str = "best"):
     path = workdir / (BEST if which == "best" else CHECKPOINT)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint (has the run validated / finished?)")
-    _, count = restore_checkpoint(path, {"model": model.variables}, only_groups=True)
+    # A run with a weight average: its final model is the average (best.npz holds it already).
+    group = averaging.GROUP if which != "best" and run["train"].get("weight_average") else "model"
+    _, count = restore_checkpoint(path, {group: model.variables}, only_groups=True)
     if count != len(model.variables):
         raise ValueError(f"{path}: restored {count} of {len(model.variables)} variables")
     return model, run

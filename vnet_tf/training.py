@@ -15,6 +15,7 @@ its draws after a resume are fresh ones: exact resume needs ``augment_on="device
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -26,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from vnet_tf import augment as aug_lib
+from vnet_tf import averaging
 from vnet_tf.budget import BudgetClock
 from vnet_tf.cache import load_cached_case, preprocess_dataset
 from vnet_tf.cases import check_fold, find_cases, split_cases
@@ -44,7 +46,7 @@ LOSSES = ("dice", "dice_ce")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 AUGMENT_ON = ("device", "host")
-CHECKPOINT, BEST = "checkpoint.npz", "best.npz"
+CHECKPOINT, BEST, RAW_MODEL = "checkpoint.npz", "best.npz", "model_raw.keras"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,7 @@ class TrainConfig:
     batch_dice: bool = False
     deep_supervision: int = 0
     optimizer: OptimizerConfig = OptimizerConfig()
+    weight_average: float = 0.0
     augment: aug_lib.AugmentConfig = aug_lib.AugmentConfig()
     augment_on: str = "device"
     patch_size_zyx: Tuple[int, int, int] = (32, 32, 32)
@@ -99,6 +102,7 @@ class TrainConfig:
         check_fold(self.fold, self.num_folds)
         self.preprocess.validate()
         self.optimizer.validate()
+        averaging.check_momentum(self.weight_average)
         self.model.resolved()
         check_spatial_shape(self.patch_size_zyx, self.model.depth)
         PipelineConfig(self.patch_size_zyx, self.batch_size, self.foreground_fraction).validate()
@@ -164,7 +168,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
           on_end: Optional[Callable] = None) -> dict:
     """Trains (or resumes) and writes into ``config.workdir``: ``config.json``,
     ``checkpoint.npz`` (latest), ``best.npz`` and ``best.keras`` (best validation Dice),
-    ``model.keras`` (final), ``tensorboard/`` and ``summary.json``. Returns the summary;
+    ``model.keras`` (final), ``tensorboard/`` and ``summary.json``. With ``weight_average``,
+    validation, ``best.*`` and ``model.keras`` use the weights' moving average
+    (:mod:`vnet_tf.averaging`) and ``model_raw.keras`` holds the final training weights. Returns the summary;
     ``on_end(model, strategy)`` is called with the trained model (tests inspect replicas).
 
     With ``time_budget_minutes``, ``steps`` is an upper bound: the run (and its learning-rate
@@ -200,6 +206,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         planned_steps = keras.Variable(float(config.steps), dtype="float32", trainable=False, name="planned_steps")
         optimizer = make_optimizer(config.optimizer, planned_steps, config.mixed_precision == "mixed_float16")
         optimizer.build(train_model.trainable_variables)
+        average = averaging.WeightAverage(model.variables, config.weight_average) if config.weight_average else None
         references = None
         if config.augment.histogram_probability > 0:
             references = aug_lib.quantile_table([store.case(i).image for i in range(len(store))],
@@ -210,6 +217,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
                        batch=config.batch_dice, reduction="none")
     aug_states = [t.seed_generator.state for t in augmentation.transforms] if augmentation else []
     groups = {"model": model.variables, "optimizer": optimizer.variables, "augmentation": aug_states}
+    if average is not None:
+        groups[averaging.GROUP] = average.averages
+        groups[averaging.GROUP + "_updates"] = [average.updates]
     if train_model is not model:
         groups["deep_supervision"] = ds_lib.head_variables(train_model, model)
 
@@ -240,7 +250,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         dataset = dataset.with_options(options)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    step_fn = _make_step(train_model, optimizer, loss_fn, device_aug, strategy, config.batch_size)
+    step_fn = _make_step(train_model, optimizer, loss_fn, device_aug, strategy, config.batch_size, average)
 
     val_cases = [load_cached_case(p) for p in val_paths]
     logger = TrainingLogger(workdir / "tensorboard", total, start_step, progress and strategy_is_chief(strategy))
@@ -261,6 +271,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         return planned
 
     step_seconds = 0.0  # time in training steps after the warm-up, validation excluded
+
+    def averaged():
+        """The model holds the weight average (where there is one) inside the block."""
+        return average.applied() if average is not None else contextlib.nullcontext()
+
     while step < total:
         tick = time.perf_counter()
         loss = float(step_fn(next(iterator)))
@@ -280,13 +295,14 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         if step % config.validation_every == 0 or step == total:
             if val_cases:
                 started_validation = time.perf_counter()
-                scores, example = validate_cases(model, val_cases, config, num_classes)
-                last_scores = scores.mean(axis=0)
-                score = float(last_scores[1:].mean())
-                logger.validation(step, last_scores, example)
-                if score > best:
-                    best = score
-                    _save_best(workdir, model, groups, step, best)
+                with averaged():
+                    scores, example = validate_cases(model, val_cases, config, num_classes)
+                    last_scores = scores.mean(axis=0)
+                    score = float(last_scores[1:].mean())
+                    logger.validation(step, last_scores, example)
+                    if score > best:
+                        best = score
+                        _save_best(workdir, model, groups, step, best)
                 validation_seconds = time.perf_counter() - started_validation
                 clock.add_validation(validation_seconds)
                 if budget and step < total:  # if it used up the budget, it was the last one
@@ -298,9 +314,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             clock.add_step(time.perf_counter() - tick - validation_seconds)
     seconds = time.perf_counter() - started
     logger.close()
-    _atomic_keras_save(model, workdir / "model.keras")
-    if not (workdir / "best.keras").exists():
-        _atomic_keras_save(model, workdir / "best.keras")
+    if average is not None:  # the training weights too, to compare against the average
+        _atomic_keras_save(model, workdir / RAW_MODEL)
+    with averaged():
+        _atomic_keras_save(model, workdir / "model.keras")
+        if not (workdir / "best.keras").exists():
+            _atomic_keras_save(model, workdir / "best.keras")
     summary = {"steps": step, "resumed_from_step": start_step, "seconds_this_run": round(seconds, 1),
                "steps_per_second": round((step - start_step) / seconds, 4) if seconds > 0 and step > start_step else None,
                "steps_per_second_steady": (round((step - first_step_done) / step_seconds, 4)
@@ -309,6 +328,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
                "validation_dice_per_class": None if last_scores is None else [float(v) for v in last_scores],
                "best_validation_dice": best if best >= 0 else None,
                "time_budget_minutes": config.time_budget_minutes or None,
+               "weight_average": config.weight_average or None,
                "elapsed_seconds": round(clock.elapsed(time.perf_counter()), 1),
                "stopped_by_budget": bool(budget) and step < config.steps,
                "peak_memory_mb": round(_peak_rss_mb(), 1), "workdir": str(workdir.resolve())}
@@ -324,9 +344,10 @@ def strategy_is_chief(strategy) -> bool:
         resolver.task_type == "worker" and resolver.task_id == 0)
 
 
-def _make_step(model, optimizer, loss_fn, device_aug, strategy, global_batch):
+def _make_step(model, optimizer, loss_fn, device_aug, strategy, global_batch, average=None):
     """The compiled training step; a model with several outputs (deep supervision) has its
-    outputs' losses weighted by :func:`vnet_tf.deep_supervision.output_weights`."""
+    outputs' losses weighted by :func:`vnet_tf.deep_supervision.output_weights`. With a
+    :class:`~vnet_tf.averaging.WeightAverage`, it is updated after the optimiser step."""
     weights = ds_lib.output_weights(len(model.outputs) - 1)
     transforms = device_aug.transforms if device_aug else []
 
@@ -356,6 +377,8 @@ def _make_step(model, optimizer, loss_fn, device_aug, strategy, global_batch):
     @tf.function
     def step(batch):
         losses = strategy.run(replica_step, args=(batch,))
+        if average is not None:
+            average.update()
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
     return step
@@ -408,18 +431,24 @@ def _peak_rss_mb() -> float:
 
 
 def load_run(workdir, which: str = "best"):
-    """``(model, config_dict)`` of a training workdir: ``which`` = ``best`` or ``final``."""
+    """``(model, config_dict)`` of a training workdir: ``which`` = ``best`` or ``final`` (the
+    weight average where the run kept one), or ``final_raw`` (a run with a weight average:
+    its final training weights)."""
     workdir = pathlib.Path(workdir)
     config_file = workdir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{workdir}: no config.json; is it a training workdir?")
-    name = {"best": "best.keras", "final": "model.keras"}.get(which)
+    name = {"best": "best.keras", "final": "model.keras", "final_raw": RAW_MODEL}.get(which)
     if name is None:
-        raise ValueError(f"which must be 'best' or 'final', got {which!r}")
+        raise ValueError(f"which must be 'best', 'final' or 'final_raw', got {which!r}")
+    run = json.loads(config_file.read_text())
+    if which == "final_raw" and not run["train"].get("weight_average"):
+        raise ValueError(f"{workdir}: which='final_raw' needs a run trained with a weight average "
+                         f"(--weight_average > 0); this one kept none, so its final model is 'final'")
     path = workdir / name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file (has the run finished?)")
-    return keras.saving.load_model(path, compile=False), json.loads(config_file.read_text())
+    return keras.saving.load_model(path, compile=False), run
 
 
 def run_configs(run: dict) -> Tuple[PreprocessConfig, InferenceConfig]:

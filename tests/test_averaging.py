@@ -104,7 +104,7 @@ def test_a_run_saves_the_average_validates_with_it_and_resumes_it(tmp_path):
     assert second.returncode == 0 and "resumed from" in second.stdout, second.stderr[-3000:]
     for a, b in zip(_checkpoint_arrays(parts / "checkpoint.npz", averaging.GROUP), stored_average):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    counts = _checkpoint_arrays(parts / "checkpoint.npz", averaging.GROUP + "_updates")
+    counts = _checkpoint_arrays(parts / "checkpoint.npz", averaging.UPDATES_GROUP)
     assert float(counts[0][()]) == 6.0
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import keras
 from keras import ops
 
-GROUP = "weight_average"
+GROUP, UPDATES_GROUP = "weight_average", "weight_average_updates"  # checkpoint groups
 
 
 def check_momentum(momentum: float) -> float:
@@ -44,11 +44,6 @@ class WeightAverage:
         self.averages = [keras.Variable(ops.convert_to_numpy(v.value), trainable=False, dtype=v.dtype,
                                         name=f"average_{i}") for i, v in enumerate(self.sources)]
         self.updates = keras.Variable(0.0, trainable=False, dtype="float32", name="average_updates")
-
-    @property
-    def variables(self) -> list:
-        """What a checkpoint must hold to resume: the averages, then the update count."""
-        return self.averages + [self.updates]
 
     def update(self) -> None:
         """One averaging step (traceable: call it inside the compiled training step)."""

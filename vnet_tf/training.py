@@ -219,7 +219,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     groups = {"model": model.variables, "optimizer": optimizer.variables, "augmentation": aug_states}
     if average is not None:
         groups[averaging.GROUP] = average.averages
-        groups[averaging.GROUP + "_updates"] = [average.updates]
+        groups[averaging.UPDATES_GROUP] = [average.updates]
     if train_model is not model:
         groups["deep_supervision"] = ds_lib.head_variables(train_model, model)
 

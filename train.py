@@ -90,7 +90,9 @@ flags.DEFINE_list("mirror_axes", [], "test-time mirroring axes, stored for evalu
 flags.DEFINE_enum("postprocess", "none", ["none", "largest", "min_size"], "post-processing, stored for evaluate.py")
 flags.DEFINE_integer("seed", 0, "random seed")
 flags.DEFINE_bool("deterministic", False, "deterministic ops: the same weights on every run and after a resume")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "mixed precision")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16", "auto"],
+                  "mixed precision; auto = mixed_bfloat16 on a CPU with native bfloat16 (AVX512-BF16 or AMX) "
+                  "and no GPU, else none")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy")
 flags.DEFINE_bool("progress", True, "show a progress bar")
 

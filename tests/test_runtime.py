@@ -1,7 +1,10 @@
-"""oneDNN is turned on for CPU runs unless the user chose otherwise."""
+"""oneDNN is turned on for CPU runs unless the user chose otherwise; ``auto`` mixed precision
+follows the CPU's bfloat16 flags."""
 
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO, subprocess_env
 
@@ -29,3 +32,29 @@ def test_importing_vnet_tf_turns_onednn_on():
 
 def test_user_choice_is_kept():
     assert _probe("0") == ["0", "False"]
+
+
+def _cpuinfo(tmp_path, flags):
+    path = tmp_path / "cpuinfo"
+    path.write_text("".join(f"processor\t: {i}\nmodel name\t: test cpu avx512_bf16\nflags\t\t: {flags}\n\n"
+                            for i in range(2)))
+    return str(path)
+
+
+@pytest.mark.parametrize("flags, native", [("fpu sse2 avx2 fma avx512f avx512_vnni avx512_bf16", True),
+                                           ("fpu sse2 avx2 amx_tile amx_bf16 amx_int8", True),
+                                           ("fpu sse2 avx2 fma f16c avx512f", False)])
+def test_native_bf16_is_read_from_the_cpu_flags_line(tmp_path, flags, native):
+    from vnet_tf.runtime import cpu_has_native_bf16, resolve_mixed_precision
+    cpuinfo = _cpuinfo(tmp_path, flags)
+    assert cpu_has_native_bf16(cpuinfo) is native
+    # No GPU in this test process (CPU-only CI): auto follows the flags.
+    assert resolve_mixed_precision("auto", cpuinfo) == ("mixed_bfloat16" if native else "none")
+    for name in ("none", "mixed_float16", "mixed_bfloat16"):
+        assert resolve_mixed_precision(name, cpuinfo) == name
+
+
+def test_unreadable_cpuinfo_means_no_native_bf16(tmp_path):
+    from vnet_tf.runtime import cpu_has_native_bf16, resolve_mixed_precision
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
+    assert resolve_mixed_precision("auto", str(tmp_path / "missing")) == "none"

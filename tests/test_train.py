@@ -140,11 +140,26 @@ def test_fold_minus_one_trains_on_every_case_without_validation(tmp_path):
     assert (tmp_path / "run" / "best.keras").is_file() and (tmp_path / "run" / "model.keras").is_file()
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16", "auto"])
 def test_mixed_precision_losses_are_finite(tmp_path, policy):
+    from vnet_tf.runtime import resolve_mixed_precision
     from vnet_tf.training import train
     summary = train(_tiny_config(tmp_path, mixed_precision=policy), log=lambda s: None, progress=False)
     assert np.all(np.isfinite(summary["loss_history"])) and len(summary["loss_history"]) == 3
+    # The model runs (and is saved) under the resolved policy; auto follows this machine's CPU.
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())
+    expected = resolve_mixed_precision(policy)
+    assert resolved["model"]["dtype_policy"] == (None if expected == "none" else expected)
+    assert resolved["train"]["mixed_precision"] == policy
+    # evaluate.py scores the weights in float32, as export.py serves them.
+    import keras
+    from vnet_tf.training import load_run
+    scored, _ = load_run(tmp_path / "run", "final")
+    saved = keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
+    conv = "left0_conv0"
+    assert scored.get_layer(conv).dtype_policy.name == "float32"
+    assert saved.get_layer(conv).dtype_policy.name == (expected if expected != "none" else "float32")
+    assert all(np.array_equal(a, b) for a, b in zip(scored.get_weights(), saved.get_weights()))
 
 
 def test_mirrored_strategy_over_two_logical_cpus(tmp_path):

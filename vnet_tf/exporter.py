@@ -24,9 +24,9 @@ import tensorflow as tf
 from vnet_tf import averaging
 from vnet_tf.checkpoint import restore_checkpoint
 from vnet_tf.io import PathLike
-from vnet_tf.model import VNetConfig, build_vnet
+from vnet_tf.model import build_vnet
 from vnet_tf.serving import VNetServing
-from vnet_tf.training import BEST, CHECKPOINT, run_configs
+from vnet_tf.training import BEST, CHECKPOINT, run_configs, run_model_config
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 RUN_FILE = "vnet_tf_run.json"
@@ -48,12 +48,7 @@ def restore_model(workdir: PathLike, which: str = "best"):
     if not config_file.is_file():
         raise FileNotFoundError(f"--workdir {workdir}: no config.json; is it a training workdir?")
     run = json.loads(config_file.read_text())
-    fields = dict(run["model"])
-    for key in ("convs_left", "convs_right"):
-        if fields.get(key) is not None:
-            fields[key] = tuple(fields[key])
-    fields["dtype_policy"] = None  # serve in float32 whatever the training precision
-    model = build_vnet(VNetConfig(**fields))
+    model = build_vnet(run_model_config(run))  # served in float32 whatever the training precision
     path = workdir / (BEST if which == "best" else CHECKPOINT)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint (has the run validated / finished?)")

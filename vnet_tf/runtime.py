@@ -36,3 +36,35 @@ def onednn_enabled() -> bool:
     from tensorflow.python.util import _pywrap_util_port  # pylint: disable=import-outside-toplevel
 
     return bool(_pywrap_util_port.IsMklEnabled())
+
+
+# CPU flags (Linux /proc/cpuinfo names) of native bfloat16 arithmetic that oneDNN uses.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); ``False`` where the
+    flags cannot be read (not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def resolve_mixed_precision(name: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+    """``auto`` becomes ``mixed_bfloat16`` when no GPU is visible and the CPU computes
+    bfloat16 natively, else ``none``; any other name is returned as it is."""
+    if name != "auto":
+        return name
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    if tf.config.list_physical_devices("GPU"):
+        return "none"
+    return "mixed_bfloat16" if cpu_has_native_bf16(cpuinfo) else "none"

@@ -40,10 +40,11 @@ from vnet_tf.model import VNetConfig, build_vnet, check_spatial_shape
 from vnet_tf.optim import OptimizerConfig, make_optimizer
 from vnet_tf.pipeline import CaseStore, PipelineConfig, training_dataset
 from vnet_tf.preprocess import PreprocessConfig
+from vnet_tf.runtime import resolve_mixed_precision
 from vnet_tf.training_logs import TrainingLogger
 
 LOSSES = ("dice", "dice_ce")
-MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16", "auto")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 AUGMENT_ON = ("device", "host")
 CHECKPOINT, BEST, RAW_MODEL = "checkpoint.npz", "best.npz", "model_raw.keras"
@@ -187,8 +188,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     train_paths, val_paths, declared_classes = prepare_data(config, log)
     store = CaseStore(train_paths)
     num_classes = declared_classes or int(max(store.case(i).label.max() for i in range(len(store)))) + 1
+    precision = resolve_mixed_precision(config.mixed_precision)
+    if config.mixed_precision == "auto":
+        log(f"mixed precision auto: {precision}")
     model_config = dataclasses.replace(config.model, input_channels=store.channels, num_classes=num_classes,
-                                       dtype_policy=_mixed_policy(config.mixed_precision))
+                                       dtype_policy=_mixed_policy(precision))
     resolved = {"train": config.to_dict(), "num_classes": num_classes, "input_channels": store.channels,
                 "model": dataclasses.asdict(model_config), "train_cases": [p.stem for p in train_paths],
                 "validation_cases": [p.stem for p in val_paths]}
@@ -204,7 +208,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         # The model trained: the V-Net, or the V-Net with deep-supervision heads (training only).
         train_model = ds_lib.supervised_model(model, config.deep_supervision) if config.deep_supervision else model
         planned_steps = keras.Variable(float(config.steps), dtype="float32", trainable=False, name="planned_steps")
-        optimizer = make_optimizer(config.optimizer, planned_steps, config.mixed_precision == "mixed_float16")
+        optimizer = make_optimizer(config.optimizer, planned_steps, precision == "mixed_float16")
         optimizer.build(train_model.trainable_variables)
         average = averaging.WeightAverage(model.variables, config.weight_average) if config.weight_average else None
         references = None
@@ -448,7 +452,24 @@ def load_run(workdir, which: str = "best"):
     path = workdir / name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file (has the run finished?)")
-    return keras.saving.load_model(path, compile=False), run
+    model = keras.saving.load_model(path, compile=False)
+    if run["model"].get("dtype_policy"):
+        # Score what export.py serves: the same weights computed in float32.
+        float32 = build_vnet(run_model_config(run))
+        float32.set_weights(model.get_weights())
+        model = float32
+    return model, run
+
+
+def run_model_config(run: dict) -> VNetConfig:
+    """The model settings of a run (its config.json as a dict), computing in float32 whatever
+    the training precision: the weights are float32 either way."""
+    fields = dict(run["model"])
+    for key in ("convs_left", "convs_right"):
+        if fields.get(key) is not None:
+            fields[key] = tuple(fields[key])
+    fields["dtype_policy"] = None
+    return VNetConfig(**fields)
 
 
 def run_configs(run: dict) -> Tuple[PreprocessConfig, InferenceConfig]:

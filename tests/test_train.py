@@ -159,7 +159,9 @@ def test_mixed_precision_losses_are_finite(tmp_path, policy):
     conv = "left0_conv0"
     assert scored.get_layer(conv).dtype_policy.name == "float32"
     assert saved.get_layer(conv).dtype_policy.name == (expected if expected != "none" else "float32")
-    assert all(np.array_equal(a, b) for a, b in zip(scored.get_weights(), saved.get_weights()))
+    scored_weights, saved_weights = scored.get_weights(), saved.get_weights()
+    assert len(scored_weights) == len(saved_weights)
+    assert all(np.array_equal(a, b) for a, b in zip(scored_weights, saved_weights))
 
 
 def test_mirrored_strategy_over_two_logical_cpus(tmp_path):

@@ -2,10 +2,12 @@
 
     python evaluate.py --model=runs/hippocampus --data_dir=DATA --output_dir=OUT [--fold=0]
     python evaluate.py --predictions_dir=PRED --data_dir=DATA --output_dir=OUT   # score files
+    python evaluate.py --model=RUN_A,RUN_B --data_dir=DATA --output_dir=OUT      # an ensemble
 
 --model is a training workdir (its best.keras and config.json: preprocessing and
 sliding-window settings as at training; --overlap, --mirror_axes and --postprocess
-override them). Writes OUT/predictions/, metrics.csv, summary.json and figures/. Exits
+override them). Several comma-separated --model folders are an ensemble: their probabilities
+are averaged per window (vnet_tf.ensemble). Writes OUT/predictions/, metrics.csv, summary.json and figures/. Exits
 non-zero, saying how many, when a case failed.
 """
 
@@ -18,8 +20,9 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "", "a training workdir (config.json + best.keras / model.keras), or an "
-                    "exported SavedModel version folder (EXPORT_BASE/N)")
+flags.DEFINE_list("model", [], "a training workdir (config.json + best.keras / model.keras), or an "
+                  "exported SavedModel version folder (EXPORT_BASE/N); several, comma-separated, are scored as "
+                  "an ensemble (probabilities averaged; equal preprocessing, patch size and classes needed)")
 flags.DEFINE_enum("which", "best", ["best", "final", "final_raw"], "which model of the workdir (final_raw: a run "
                   "with --weight_average, its training weights rather than their average)")
 flags.DEFINE_string("predictions_dir", "", "score the predictions in this folder instead of running a model")
@@ -36,6 +39,36 @@ flags.DEFINE_integer("window_batch", None, "windows per forward pass", lower_bou
 flags.DEFINE_bool("figures", True, "write PNG figures")
 
 
+def _load_models(paths, which):
+    """``(predictor, preprocess, inference, runs)`` for one model or an ensemble of several."""
+    from vnet_tf.ensemble import Member, check_members, ensemble_predictor  # pylint: disable=import-outside-toplevel
+    from vnet_tf.inference import keras_predictor  # pylint: disable=import-outside-toplevel
+    from vnet_tf.training import load_run, run_configs  # pylint: disable=import-outside-toplevel
+    predictors, members, runs = [], [], []
+    for path in paths:
+        try:
+            if (pathlib.Path(path) / "saved_model.pb").is_file():
+                from vnet_tf.exporter import load_exported  # pylint: disable=import-outside-toplevel
+                predict, run = load_exported(path)
+            else:
+                model, run = load_run(path, which)
+                predict = keras_predictor(model)
+        except (FileNotFoundError, ValueError) as err:
+            raise app.UsageError(f"--model {path}: {err}") from err
+        preprocess, inference = run_configs(run)
+        predictors.append(predict)
+        members.append(Member(path, preprocess, inference, run["num_classes"]))
+        runs.append(run)
+    try:
+        differing = check_members(members)
+    except ValueError as err:
+        raise app.UsageError(f"--model: {err}") from err
+    if differing:
+        print(f"note: the ensemble's models differ in {', '.join(differing)}; using those of {paths[0]} "
+              f"(flags such as --mirror_axes override them)", file=sys.stderr)
+    return ensemble_predictor(predictors), members[0].preprocess, members[0].inference, runs
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -46,9 +79,9 @@ def main(argv):
             raise app.UsageError(f"--{name} is required")
     if not pathlib.Path(FLAGS.data_dir).is_dir():
         raise app.UsageError(f"--data_dir {FLAGS.data_dir}: no such folder")
-    source = FLAGS.model or FLAGS.predictions_dir
-    if not pathlib.Path(source).is_dir():
-        raise app.UsageError(f"--{'model' if FLAGS.model else 'predictions_dir'} {source}: no such folder")
+    for source in FLAGS.model or [FLAGS.predictions_dir]:
+        if not pathlib.Path(source).is_dir():
+            raise app.UsageError(f"--{'model' if FLAGS.model else 'predictions_dir'} {source}: no such folder")
 
     from vnet_tf.cases import check_fold, find_cases, fold_of  # pylint: disable=import-outside-toplevel
     from vnet_tf.evaluation import evaluate_cases, trained_on  # pylint: disable=import-outside-toplevel
@@ -67,19 +100,13 @@ def main(argv):
     if FLAGS.max_cases:
         cases = cases[: FLAGS.max_cases]
     settings = {"data_dir": FLAGS.data_dir, "fold": FLAGS.fold, "num_folds": FLAGS.num_folds,
-                "model": FLAGS.model or None, "which": FLAGS.which if FLAGS.model else None,
+                "model": (FLAGS.model[0] if len(FLAGS.model) == 1 else FLAGS.model) or None,
+                "which": FLAGS.which if FLAGS.model else None,
                 "predictions_dir": FLAGS.predictions_dir or None}
     kwargs = {}
     if FLAGS.model:
-        from vnet_tf.inference import keras_predictor  # pylint: disable=import-outside-toplevel
-        from vnet_tf.training import load_run, run_configs  # pylint: disable=import-outside-toplevel
-        if (pathlib.Path(FLAGS.model) / "saved_model.pb").is_file():
-            from vnet_tf.exporter import load_exported  # pylint: disable=import-outside-toplevel
-            predict, run = load_exported(FLAGS.model)
-        else:
-            model, run = load_run(FLAGS.model, FLAGS.which)
-            predict = keras_predictor(model)
-        preprocess, inference = run_configs(run)
+        predict, preprocess, inference, runs = _load_models(FLAGS.model, FLAGS.which)
+        run = runs[0]
         overrides = {}
         if FLAGS.overlap is not None:
             overrides["overlap"] = FLAGS.overlap
@@ -98,10 +125,11 @@ def main(argv):
         except ValueError as err:
             raise app.UsageError(f"invalid flag value: {err}") from err
         labels = list(range(1, run["num_classes"]))
-        seen = trained_on(run, cases)
+        seen_ids = set().union(*(trained_on(r, cases) for r in runs))
+        seen = [c.case_id for c in cases if c.case_id in seen_ids]
         if seen:
             print(f"warning: {len(seen)} of the {len(cases)} cases evaluated were training cases of "
-                  f"{FLAGS.model} (e.g. {', '.join(seen[:3])}): their scores are not held-out",
+                  f"{','.join(FLAGS.model)} (e.g. {', '.join(seen[:3])}): their scores are not held-out",
                   file=sys.stderr)
         settings.update(preprocess=preprocess.to_dict(), inference=inference.to_dict(),
                         training_cases_evaluated=len(seen))

@@ -70,6 +70,49 @@ def test_evaluates_a_training_workdir(tiny_run, tmp_path):
         assert np.isfinite(record["labels"]["1"]["dice"])
 
 
+def _copy_run(run, target, edit):
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("tensorboard"))
+    config = json.loads((target / "config.json").read_text())
+    edit(config)
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_evaluates_an_ensemble_of_workdirs(tiny_run, tmp_path):
+    run, _ = tiny_run
+    data = run.parent / "cache" / "demo_data_6"
+    held_out = sorted(json.loads((run / "config.json").read_text())["validation_cases"])
+    # The same weights with one held-out case listed as trained on: the average of two equal
+    # models must reproduce the single model's labels, and the warning must cover both members.
+    twin = _copy_run(run, tmp_path / "twin", lambda c: c["train_cases"].append(held_out[0]))
+    common = [f"--data_dir={data}", "--fold=0", "--num_folds=3", "--mirror_axes=none", "--figures=false"]
+    single = _evaluate(f"--model={run}", f"--output_dir={tmp_path / 'single'}", *common)
+    both = _evaluate(f"--model={run},{twin}", f"--output_dir={tmp_path / 'both'}", *common)
+    assert single.returncode == 0 and both.returncode == 0, (single.stderr[-2000:], both.stderr[-2000:])
+    assert "training cases" not in single.stderr
+    assert f"warning: 1 of the {len(held_out)} cases evaluated were training cases of {run},{twin}" in both.stderr
+    summary = json.loads((tmp_path / "both" / "summary.json").read_text())
+    assert summary["settings"]["model"] == [str(run), str(twin)] and summary["num_cases"] == len(held_out)
+    for case_id in held_out:
+        a, _ = read_volume(tmp_path / "single" / "predictions" / f"{case_id}.nii.gz")
+        b, _ = read_volume(tmp_path / "both" / "predictions" / f"{case_id}.nii.gz")
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_ensemble_of_mismatched_workdirs_is_refused(tiny_run, tmp_path):
+    run, _ = tiny_run
+    data = run.parent / "cache" / "demo_data_6"
+
+    def other_patch(config):
+        config["train"]["patch_size_zyx"] = [p + 8 for p in config["train"]["patch_size_zyx"]]
+    other = _copy_run(run, tmp_path / "other", other_patch)
+    out = _evaluate(f"--model={run},{other}", f"--data_dir={data}", f"--output_dir={tmp_path / 'report'}")
+    assert out.returncode != 0 and f"{other} cannot be ensembled with {run}: its patch size differs" in out.stderr
+    assert not (tmp_path / "report").exists()
+    out = _evaluate(f"--model={run},{tmp_path / 'nope'}", f"--data_dir={data}", f"--output_dir={tmp_path / 'report'}")
+    assert out.returncode != 0 and f"--model {tmp_path / 'nope'}: no such folder" in out.stderr
+
+
 @pytest.mark.parametrize("fold", ["-2", "3"])
 def test_a_fold_out_of_range_is_refused_naming_the_flag(tiny_run, tmp_path, fold):
     run, _ = tiny_run
@@ -107,3 +150,8 @@ def test_bad_arguments(tmp_path):
     assert out.returncode != 0 and "exactly one of --model and --predictions_dir" in out.stderr
     out = _evaluate(f"--model={tmp_path / 'nope'}", f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}")
     assert out.returncode != 0 and "--model" in out.stderr and "no such folder" in out.stderr
+    (tmp_path / "empty").mkdir()
+    data = write_demo_dataset(tmp_path / "data", 2)
+    out = _evaluate(f"--model={tmp_path / 'empty'}", f"--data_dir={data}", f"--output_dir={tmp_path / 'o'}")
+    assert out.returncode != 0 and f"--model {tmp_path / 'empty'}: " in out.stderr and "no config.json" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "o").exists()

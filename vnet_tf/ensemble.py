@@ -1,0 +1,65 @@
+"""Ensembles of trained models: several runs' probabilities averaged per window.
+
+The members must see the same input and produce the same classes: equal preprocessing,
+patch size and number of classes (checked by :func:`check_members`). Averaging the softmax
+outputs before the argmax is what nnU-Net does with the models of its cross-validation folds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Sequence
+
+import numpy as np
+
+from vnet_tf.inference import InferenceConfig, Predictor
+from vnet_tf.preprocess import PreprocessConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One model of an ensemble: its name (for messages) and the settings it was trained with."""
+    name: str
+    preprocess: PreprocessConfig
+    inference: InferenceConfig
+    num_classes: int
+
+
+def check_members(members: Sequence[Member]) -> List[str]:
+    """Refuses (ValueError naming both members and the setting) an ensemble whose members were
+    trained on different inputs or classes: preprocessing, patch size and number of classes
+    must be equal. Returns the names of the other inference settings (overlap, mirroring,
+    post-processing, ...) on which the members differ: the first member's are used, so the
+    caller can say so."""
+    if not members:
+        raise ValueError("an ensemble needs at least one model")
+    first = members[0]
+    shared = (("preprocessing", lambda m: m.preprocess.to_dict()),
+              ("patch size", lambda m: tuple(m.inference.patch_size_zyx)),
+              ("number of classes", lambda m: m.num_classes))
+    differing = set()
+    for member in members[1:]:
+        for what, get in shared:
+            if get(member) != get(first):
+                raise ValueError(f"{member.name} cannot be ensembled with {first.name}: its {what} differs "
+                                 f"(expected {get(first)!r} as in {first.name}, got {get(member)!r})")
+        mine, theirs = first.inference.to_dict(), member.inference.to_dict()
+        differing.update(k for k in mine if mine[k] != theirs[k])
+    return sorted(differing)
+
+
+def ensemble_predictor(predictors: Sequence[Predictor]) -> Predictor:
+    """A predictor returning the mean of ``predictors``' probabilities for the same windows."""
+    predictors = list(predictors)
+    if not predictors:
+        raise ValueError("an ensemble needs at least one predictor")
+    if len(predictors) == 1:
+        return predictors[0]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        total = None
+        for predictor in predictors:
+            out = np.asarray(predictor(batch), dtype=np.float32)
+            total = out.copy() if total is None else total + out
+        return total / len(predictors)
+    return predict

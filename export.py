@@ -1,6 +1,7 @@
 """Export a training run as a SavedModel for TF Serving.
 
     python export.py --workdir=runs/hippocampus --export_base=exports/hippocampus [--version=N]
+    python export.py --workdir=runs/fold0,runs/fold1,... --export_base=...   # one ensemble
 
 Writes EXPORT_BASE/<version>/ (the next free integer by default) atomically, with the
 signatures `serving_default` (raw volume + spacing -> labels, probabilities) and
@@ -10,11 +11,13 @@ signatures `serving_default` (raw volume + spacing -> labels, probabilities) and
 import vnet_tf  # noqa: F401  (first: turns oneDNN on before TensorFlow loads)
 
 import pathlib
+import sys
 
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "", "the training workdir to export")
+flags.DEFINE_list("workdir", [], "the training workdir to export; several, comma-separated, export as one "
+                  "ensemble (probabilities averaged; equal preprocessing, patch size and classes needed)")
 flags.DEFINE_string("export_base", "", "the model base folder TF Serving watches")
 flags.DEFINE_integer("version", None, "version folder number (default: the next free one)", lower_bound=1)
 flags.DEFINE_enum("which", "best", ["best", "final"], "best validation checkpoint or the latest one")
@@ -28,8 +31,9 @@ def main(argv):
     for name in ("workdir", "export_base"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
-    if not pathlib.Path(FLAGS.workdir).is_dir():
-        raise app.UsageError(f"--workdir {FLAGS.workdir}: no such folder")
+    for workdir in FLAGS.workdir:
+        if not pathlib.Path(workdir).is_dir():
+            raise app.UsageError(f"--workdir {workdir}: no such folder")
     overrides = {}
     if FLAGS.mirror_axes is not None:
         from vnet_tf.inference import parse_mirror_axes  # pylint: disable=import-outside-toplevel
@@ -40,8 +44,12 @@ def main(argv):
     if FLAGS.overlap is not None:
         overrides["overlap"] = FLAGS.overlap
     from vnet_tf.exporter import export_run  # pylint: disable=import-outside-toplevel
-    target = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.which, overrides)
-    print(f"exported {FLAGS.workdir} ({FLAGS.which}) to {target.resolve()}")
+    try:
+        target = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.which, overrides,
+                            warn=lambda message: print(f"note: {message}", file=sys.stderr))
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        raise app.UsageError(str(err)) from err
+    print(f"exported {','.join(FLAGS.workdir)} ({FLAGS.which}) to {target.resolve()}")
 
 
 if __name__ == "__main__":

@@ -214,3 +214,51 @@ def test_evaluate_accepts_an_exported_saved_model(exported, tmp_path):
     # The export keeps the training cases, so evaluate.py can warn on a SavedModel too.
     exported_run = json.loads((version / "assets.extra" / "vnet_tf_run.json").read_text())
     assert exported_run["train_cases"] == json.loads((run / "config.json").read_text())["train_cases"] != []
+
+
+def _untrained_twin(run, target, **model_changes):
+    """A copy of the run's workdir whose best.npz holds other (untrained) weights."""
+    from vnet_tf.checkpoint import save_checkpoint
+    from vnet_tf.model import VNetConfig, build_vnet
+    config = json.loads((run / "config.json").read_text())
+    config["model"].update(model_changes)
+    config["train_cases"] = config["train_cases"][:1] + ["extra_case"]
+    target.mkdir()
+    (target / "config.json").write_text(json.dumps(config))
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()}
+    model = build_vnet(VNetConfig(**fields))
+    save_checkpoint(target / "best.npz", {"model": model.variables}, {"step": 0, "best_score": 0})
+    return target
+
+
+def test_an_ensemble_exports_as_one_model_serving_the_mean(tiny_run, tmp_path, rng):
+    import tensorflow as tf
+    from vnet_tf.exporter import export_run, restore_model
+    run, _ = tiny_run
+    twin = _untrained_twin(run, tmp_path / "twin")
+    version = export_run([run, twin], tmp_path / "base")
+    served = tf.saved_model.load(str(version)).signatures["predict_patch"]
+    config = json.loads((run / "config.json").read_text())
+    patches = rng.normal(size=(2, *config["train"]["patch_size_zyx"], 1)).astype(np.float32)
+    got = served(patches=tf.constant(patches))["probabilities"].numpy()
+    members = [np.asarray(restore_model(w)[0](patches, training=False)) for w in (run, twin)]
+    assert np.abs(members[0] - members[1]).max() > 1e-3  # the members differ, so the mean is a real test
+    np.testing.assert_allclose(got, (members[0] + members[1]) / 2, atol=1e-5)
+    exported_run = json.loads((version / "assets.extra" / "vnet_tf_run.json").read_text())
+    assert exported_run["workdir"] == [str(run.resolve()), str(twin.resolve())]
+    assert exported_run["train_cases"] == config["train_cases"] + ["extra_case"]
+
+
+def test_an_ensemble_of_different_patch_sizes_is_refused_before_writing(tiny_run, tmp_path):
+    run, _ = tiny_run
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["patch_size_zyx"] = [p + 8 for p in config["train"]["patch_size_zyx"]]
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "best.npz").write_bytes((run / "best.npz").read_bytes())
+    base = tmp_path / "base"
+    out = subprocess.run([sys.executable, "export.py", f"--workdir={run},{other}", f"--export_base={base}"],
+                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and f"{other} cannot be ensembled with {run}: its patch size differs" in out.stderr
+    assert "Traceback" not in out.stderr and not base.exists()

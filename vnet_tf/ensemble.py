@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Sequence
 
+import keras
 import numpy as np
 
 from vnet_tf.inference import InferenceConfig, Predictor
@@ -63,3 +64,22 @@ def ensemble_predictor(predictors: Sequence[Predictor]) -> Predictor:
             total = out.copy() if total is None else total + out
         return total / len(predictors)
     return predict
+
+
+class MeanOfModels:
+    """Keras models called on the same input, their outputs averaged in float32: an ensemble
+    that :class:`vnet_tf.serving.VNetServing` exports as one model (it needs only a call and
+    ``variables``)."""
+
+    def __init__(self, models):
+        self.models = list(models)
+        if not self.models:
+            raise ValueError("an ensemble needs at least one model")
+
+    @property
+    def variables(self):
+        return [v for model in self.models for v in model.variables]
+
+    def __call__(self, inputs, training=False):
+        outputs = [keras.ops.cast(model(inputs, training=training), "float32") for model in self.models]
+        return keras.ops.mean(keras.ops.stack(outputs, axis=0), axis=0)

@@ -4,7 +4,7 @@
 variable was restored), wraps them in :class:`vnet_tf.serving.VNetServing`, saves into a
 temporary folder beside ``export_base/<version>``, adds the warm-up request, and renames
 the folder into place only when complete: a server watching ``export_base`` never sees a
-half-written version.
+half-written version. Several runs export as one ensemble (their probabilities averaged).
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import pathlib
 import re
 import shutil
 import tempfile
-from typing import Optional
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
 from vnet_tf import averaging
 from vnet_tf.checkpoint import restore_checkpoint
+from vnet_tf.ensemble import MeanOfModels, Member, check_members
 from vnet_tf.io import PathLike
 from vnet_tf.model import build_vnet
 from vnet_tf.serving import VNetServing
@@ -70,12 +71,24 @@ def warmup_record(volume: np.ndarray) -> bytes:
     return log.SerializeToString()
 
 
-def export_run(workdir: PathLike, export_base: PathLike, version: Optional[int] = None,
-               which: str = "best", inference_overrides: Optional[dict] = None) -> pathlib.Path:
-    """Exports the run in ``workdir`` to ``export_base/<version>``; returns that folder."""
+def export_run(workdir: Union[PathLike, Sequence[PathLike]], export_base: PathLike, version: Optional[int] = None,
+               which: str = "best", inference_overrides: Optional[dict] = None,
+               warn: Callable[[str], None] = lambda message: None) -> pathlib.Path:
+    """Exports the run in ``workdir`` to ``export_base/<version>``; returns that folder.
+    Several workdirs are exported as one ensemble: the served probabilities are the mean of
+    the runs' (they must share preprocessing, patch size and classes; the other inference
+    settings are the first run's, and ``warn`` is told which ones differed)."""
     export_base = pathlib.Path(export_base)
-    model, run = restore_model(workdir, which)
-    preprocess, inference = run_configs(run)
+    workdirs = [workdir] if isinstance(workdir, (str, os.PathLike)) else list(workdir)
+    restored = [restore_model(w, which) for w in workdirs]
+    members = [Member(str(w), *run_configs(r), r["num_classes"]) for w, (_, r) in zip(workdirs, restored)]
+    differing = check_members(members)
+    if differing:
+        warn(f"the ensemble's runs differ in {', '.join(differing)}; exporting those of {workdirs[0]}")
+    run = dict(restored[0][1])
+    run["train_cases"] = list(dict.fromkeys(c for _, r in restored for c in r.get("train_cases") or ()))
+    model = restored[0][0] if len(restored) == 1 else MeanOfModels([m for m, _ in restored])
+    preprocess, inference = members[0].preprocess, members[0].inference
     if inference_overrides:
         inference = dataclasses.replace(inference, **inference_overrides).validate()
     module = VNetServing(model, preprocess, inference, run["input_channels"], run["num_classes"])
@@ -86,6 +99,8 @@ def export_run(workdir: PathLike, export_base: PathLike, version: Optional[int] 
     target = export_base / str(version)
     if target.exists():
         raise FileExistsError(f"{target} exists; pick another --version or leave it out for the next free one")
+    resolved = [str(pathlib.Path(w).resolve()) for w in workdirs]
+    workdirs_json = resolved[0] if len(resolved) == 1 else resolved
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base))
     try:
         tf.saved_model.save(module, str(tmp / "model"), signatures={
@@ -96,7 +111,7 @@ def export_run(workdir: PathLike, export_base: PathLike, version: Optional[int] 
         with tf.io.TFRecordWriter(str(assets / WARMUP_FILE)) as writer:
             writer.write(warmup_record(example[..., 0] if run["input_channels"] == 1 else example))
         (tmp / "model" / "assets.extra" / RUN_FILE).write_text(json.dumps(
-            {"workdir": str(pathlib.Path(workdir).resolve()), "which": which, "num_classes": run["num_classes"],
+            {"workdir": workdirs_json, "which": which, "num_classes": run["num_classes"],
              "input_channels": run["input_channels"], "train_cases": run.get("train_cases", []),
              "train": {"preprocess": preprocess.to_dict(), "inference": inference.to_dict(),
                        "patch_size_zyx": list(inference.patch_size_zyx)}}, indent=2))

@@ -125,8 +125,8 @@ def main(argv):
         except ValueError as err:
             raise app.UsageError(f"invalid flag value: {err}") from err
         labels = list(range(1, run["num_classes"]))
-        seen_ids = set().union(*(trained_on(r, cases) for r in runs))
-        seen = [c.case_id for c in cases if c.case_id in seen_ids]
+        from vnet_tf.ensemble import training_cases  # pylint: disable=import-outside-toplevel
+        seen = trained_on({"train_cases": training_cases(runs)}, cases)
         if seen:
             print(f"warning: {len(seen)} of the {len(cases)} cases evaluated were training cases of "
                   f"{','.join(FLAGS.model)} (e.g. {', '.join(seen[:3])}): their scores are not held-out",

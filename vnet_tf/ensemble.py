@@ -49,6 +49,12 @@ def check_members(members: Sequence[Member]) -> List[str]:
     return sorted(differing)
 
 
+def training_cases(runs: Sequence[dict]) -> List[str]:
+    """The case ids any of ``runs`` (config dicts) trained on, in first-seen order: an
+    ensemble has seen a case when one of its members has."""
+    return list(dict.fromkeys(c for run in runs for c in run.get("train_cases") or ()))
+
+
 def ensemble_predictor(predictors: Sequence[Predictor]) -> Predictor:
     """A predictor returning the mean of ``predictors``' probabilities for the same windows."""
     predictors = list(predictors)

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from vnet_tf import averaging
 from vnet_tf.checkpoint import restore_checkpoint
-from vnet_tf.ensemble import MeanOfModels, Member, check_members
+from vnet_tf.ensemble import MeanOfModels, Member, check_members, training_cases
 from vnet_tf.io import PathLike
 from vnet_tf.model import build_vnet
 from vnet_tf.serving import VNetServing
@@ -86,7 +86,7 @@ def export_run(workdir: Union[PathLike, Sequence[PathLike]], export_base: PathLi
     if differing:
         warn(f"the ensemble's runs differ in {', '.join(differing)}; exporting those of {workdirs[0]}")
     run = dict(restored[0][1])
-    run["train_cases"] = list(dict.fromkeys(c for _, r in restored for c in r.get("train_cases") or ()))
+    run["train_cases"] = training_cases([r for _, r in restored])
     model = restored[0][0] if len(restored) == 1 else MeanOfModels([m for m, _ in restored])
     preprocess, inference = members[0].preprocess, members[0].inference
     if inference_overrides:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from vnet_tf.metrics import case_metrics, label_metrics, summarize, surface
+from vnet_tf.metrics import case_metrics, confusion_matrix, label_metrics, summarize, surface
 
 
 def _ball(shape, centre, radius, spacing=(1, 1, 1)):
@@ -99,3 +99,26 @@ def test_case_metrics_per_label(rng):
     assert set(out) == {1, 2} and all(v["dice"] == 1.0 and v["hd"] == 0.0 for v in out.values())
     with pytest.raises(ValueError, match="shape"):
         label_metrics(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), (1, 1, 1))
+
+
+def test_confusion_matrix_against_a_voxel_loop(rng):
+    ref = rng.integers(0, 3, size=(5, 6, 7))
+    pred = rng.integers(0, 3, size=(5, 6, 7)).astype(np.float32)  # label files are often float
+    expected = np.zeros((3, 3), np.int64)
+    for r, p in zip(ref.ravel(), pred.ravel()):
+        expected[int(r), int(p)] += 1
+    m = confusion_matrix(pred, ref, 3)
+    np.testing.assert_array_equal(m, expected)
+    # its diagonal and margins give the per-label Dice that label_metrics computes
+    for k in (1, 2):
+        dice = 2 * m[k, k] / (m[k].sum() + m[:, k].sum())
+        assert dice == pytest.approx(label_metrics(pred == k, ref == k, (1, 1, 1))["dice"])
+
+
+def test_confusion_matrix_refuses_labels_out_of_range():
+    with pytest.raises(ValueError, match=r"prediction holds values outside the integer labels 0\.\.2: \[0, 3\]"):
+        confusion_matrix(np.array([0, 3]), np.array([0, 1]), 3)
+    with pytest.raises(ValueError, match="reference holds"):
+        confusion_matrix(np.array([0, 1]), np.array([0.5, 1]), 3)
+    with pytest.raises(ValueError, match="shape"):
+        confusion_matrix(np.zeros(2), np.zeros(3), 3)

@@ -88,6 +88,20 @@ def case_metrics(prediction: np.ndarray, reference: np.ndarray, spacing_zyx: Seq
     return {int(k): label_metrics(prediction == k, reference == k, spacing_zyx) for k in labels}
 
 
+def confusion_matrix(prediction: np.ndarray, reference: np.ndarray, num_classes: int) -> np.ndarray:
+    """Voxel counts ``m[r, p]``: reference label ``r`` predicted as ``p``, for labels
+    ``0 .. num_classes - 1`` (int64, ``(num_classes, num_classes)``)."""
+    p, r = np.asarray(prediction), np.asarray(reference)
+    if p.shape != r.shape:
+        raise ValueError(f"prediction shape {p.shape} differs from reference shape {r.shape}")
+    for name, arr in (("prediction", p), ("reference", r)):
+        if arr.size and (arr.min() < 0 or arr.max() >= num_classes or np.any(arr != np.round(arr))):
+            raise ValueError(f"{name} holds values outside the integer labels 0..{num_classes - 1}: "
+                             f"{np.unique(arr)[:10].tolist()}")
+    flat = r.astype(np.int64).ravel() * num_classes + p.astype(np.int64).ravel()
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
 def summarize(values: List[float]) -> Dict[str, float]:
     """Mean / median / std / min / max over the defined (non-NaN) values, and how many were
     missing."""

@@ -1,0 +1,57 @@
+"""bench/error_breakdown.py: per-label extra / missed / swapped voxels of an evaluate.py folder."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from vnet_tf.cases import find_cases
+from vnet_tf.evaluation import evaluate_cases
+from vnet_tf.io import Geometry, write_volume
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("error_breakdown", REPO / "bench" / "error_breakdown.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_breakdown_counts_match_the_voxels_and_the_reported_dice(tmp_path, rng):
+    data, preds = tmp_path / "data", tmp_path / "preds"
+    geometry = Geometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    truth = {}
+    for name in ("case_a", "case_b"):
+        ref = rng.integers(0, 3, size=(6, 7, 8)).astype(np.uint8)
+        pred = np.where(rng.random(ref.shape) < 0.3, rng.integers(0, 3, size=ref.shape), ref).astype(np.uint8)
+        write_volume(data / "imagesTr" / f"{name}.nii.gz", ref.astype(np.float32), geometry)
+        write_volume(data / "labelsTr" / f"{name}.nii.gz", ref, geometry)
+        write_volume(preds / f"{name}.nii.gz", pred, geometry)
+        truth[name] = (ref, pred)
+    (data / "dataset.json").write_text(json.dumps({
+        "labels": {"0": "background", "1": "a", "2": "b"},
+        "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in truth]}))
+    out = tmp_path / "eval"
+    summary = evaluate_cases(find_cases(data).cases, out, (1, 2), predictions_dir=preds,
+                             settings={"data_dir": str(data), "predictions_dir": str(preds)}, figures=False)
+    labels, matrices = _bench().breakdown(out)
+    assert labels == [1, 2] and matrices.shape == (2, 3, 3)
+    ref = np.concatenate([truth[r["case_id"]][0].ravel() for r in summary["cases"]])
+    pred = np.concatenate([truth[r["case_id"]][1].ravel() for r in summary["cases"]])
+    text = _bench().report(labels, matrices)
+    for k in (1, 2):
+        extra, missed = int(np.sum((pred == k) & (ref != k))), int(np.sum((ref == k) & (pred != k)))
+        swapped = int(np.sum((pred == k) & (ref == 3 - k)) + np.sum((ref == k) & (pred == 3 - k)))
+        assert f"| {k} | {int(np.sum(ref == k))} | {extra} | {missed} | {swapped / (extra + missed):.0%} |" in text
+        for i, record in enumerate(summary["cases"]):
+            m = matrices[i]
+            assert 2 * m[k, k] / (m[k].sum() + m[:, k].sum()) == pytest.approx(record["labels"][str(k)]["dice"])
+
+
+def test_a_folder_without_summary_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=f"error_breakdown: {tmp_path}/summary.json: not found"):
+        _bench().main([str(tmp_path)])

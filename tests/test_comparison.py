@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from vnet_tf.comparison import paired_comparison, read_metric
+from vnet_tf.comparison import paired_comparison, pooled_summary, read_metric
 
 FIELDS = ["case_id", "label", "dice", "hd95"]
 
@@ -76,3 +76,41 @@ def test_script_prints_a_row_per_label(two_runs):
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(rows) == 2 and "| 12 |" in rows[0]
+
+
+def _fold(path, first, dice, hd95):
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS + ["assd"])
+        writer.writeheader()
+        writer.writerows({"case_id": f"c{first + i:02d}", "label": label, "dice": dice[i, j], "hd95": hd95[i, j],
+                          "assd": hd95[i, j] / 3} for i in range(len(dice)) for j, label in enumerate(("1", "2")))
+    return path
+
+
+def test_pooled_folds_match_numpy_and_overlaps_are_refused(tmp_path, rng):
+    dice_a, dice_b = rng.uniform(0.7, 0.9, size=(5, 2)), rng.uniform(0.6, 0.9, size=(7, 2))
+    hd_a, hd_b = rng.uniform(1, 3, size=(5, 2)), rng.uniform(1, 3, size=(7, 2))
+    hd_b[2, 1] = math.nan  # an empty mask: no distance
+    a = _fold(tmp_path / "a.csv", 0, dice_a, hd_a)
+    b = _fold(tmp_path / "b.csv", 5, dice_b, hd_b)
+    out = pooled_summary([a, b], metrics=("dice", "hd95"))
+    for j, label in enumerate(("1", "2")):
+        dice = np.concatenate([dice_a[:, j], dice_b[:, j]])
+        hd = np.concatenate([hd_a[:, j], hd_b[:, j]])
+        assert out[label]["dice"]["n"] == 12
+        assert out[label]["dice"]["mean"] == pytest.approx(dice.mean())
+        assert out[label]["dice"]["std"] == pytest.approx(dice.std())
+        assert out[label]["hd95"]["mean"] == pytest.approx(np.nanmean(hd))
+        assert out[label]["hd95"]["missing"] == int(np.isnan(hd).sum())
+    overlapping = _fold(tmp_path / "c.csv", 4, dice_a, hd_a)  # c04 is also in a.csv
+    with pytest.raises(ValueError, match=r"c\.csv: 2 \(case, label\) pairs are already in an earlier file"):
+        pooled_summary([a, overlapping], metrics=("dice", "hd95"))
+    script = subprocess.run([sys.executable, "bench/pool_folds.py", str(a), str(b)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert script.returncode == 0, script.stderr
+    dice, hd = np.concatenate([dice_a[:, 1], dice_b[:, 1]]), np.concatenate([hd_a[:, 1], hd_b[:, 1]])
+    assert (f"| 2 | 12 | {dice.mean():.3f} ± {dice.std():.3f} | {np.nanmean(hd):.3f} ± {np.nanstd(hd):.3f} | "
+            f"{np.nanmean(hd) / 3:.3f} ± {np.nanstd(hd) / 3:.3f} | 1 |") in script.stdout
+    script = subprocess.run([sys.executable, "bench/pool_folds.py", str(a), str(tmp_path / "missing")], cwd=REPO,
+                            capture_output=True, text=True)
+    assert script.returncode != 0 and "pool_folds:" in script.stderr and "no such metrics file" in script.stderr

@@ -76,3 +76,31 @@ def paired_comparison(base: Dict[Tuple[str, str], float], new: Dict[Tuple[str, s
                       "better": int((sign * diff > 0).sum()), "equal": int((diff == 0).sum()),
                       "worse": int((sign * diff < 0).sum())}
     return out
+
+
+def pooled_summary(paths, metrics=("dice", "hd95", "assd")) -> Dict[str, Dict[str, dict]]:
+    """``{label: {metric: summarize(...)}}`` over the cases of several ``metrics.csv`` files,
+    as a cross-validation reports its folds together: each case counts once, scored by the
+    one evaluation that held it out.
+
+    Raises:
+      ValueError: a (case, label) pair occurs in more than one file (the folds overlap), or
+        the files score different labels.
+    """
+    from vnet_tf.metrics import summarize  # pylint: disable=import-outside-toplevel
+    pooled: Dict[str, Dict[Tuple[str, str], float]] = {m: {} for m in metrics}
+    labels_of = {}
+    for path in paths:
+        for metric in metrics:
+            values = read_metric(path, metric)
+            seen = sorted(set(values) & set(pooled[metric]))
+            if seen:
+                raise ValueError(f"{path}: {len(seen)} (case, label) pairs are already in an earlier file "
+                                 f"(e.g. {seen[:3]}); each case must be scored by one fold only")
+            pooled[metric].update(values)
+        labels_of[str(path)] = sorted({label for _, label in values})
+    if len({tuple(v) for v in labels_of.values()}) > 1:
+        raise ValueError(f"the files score different labels: {labels_of}")
+    labels = sorted({label for _, label in pooled[metrics[0]]}, key=lambda s: (len(s), s))
+    return {label: {m: summarize([v for (_, lab), v in pooled[m].items() if lab == label]) for m in metrics}
+            for label in labels}

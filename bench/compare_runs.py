@@ -21,12 +21,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from vnet_tf.comparison import LOWER_IS_BETTER, paired_comparison, read_metric  # noqa: E402  pylint: disable=wrong-import-position
-
-
-def _csv(path: str) -> pathlib.Path:
-    p = pathlib.Path(path)
-    return p / "metrics.csv" if p.is_dir() else p
+from vnet_tf.comparison import LOWER_IS_BETTER, metrics_csv, paired_comparison, read_metric  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main(argv=None) -> None:
@@ -36,7 +31,8 @@ def main(argv=None) -> None:
     parser.add_argument("--metric", default="dice")
     args = parser.parse_args(argv)
     try:
-        result = paired_comparison(read_metric(_csv(args.base), args.metric), read_metric(_csv(args.new), args.metric),
+        result = paired_comparison(read_metric(metrics_csv(args.base), args.metric),
+                                   read_metric(metrics_csv(args.new), args.metric),
                                    higher_is_better=args.metric not in LOWER_IS_BETTER)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"compare_runs: {err}") from None

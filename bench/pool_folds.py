@@ -16,12 +16,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from vnet_tf.comparison import pooled_summary  # noqa: E402  pylint: disable=wrong-import-position
-
-
-def _csv(path: str) -> pathlib.Path:
-    p = pathlib.Path(path)
-    return p / "metrics.csv" if p.is_dir() else p
+from vnet_tf.comparison import metrics_csv, pooled_summary  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main(argv=None) -> None:
@@ -29,7 +24,7 @@ def main(argv=None) -> None:
     parser.add_argument("evaluations", nargs="+")
     args = parser.parse_args(argv)
     try:
-        result = pooled_summary([_csv(p) for p in args.evaluations])
+        result = pooled_summary([metrics_csv(p) for p in args.evaluations])
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"pool_folds: {err}") from None
     n = {label: r["dice"]["n"] + r["dice"]["missing"] for label, r in result.items()}

@@ -1,5 +1,6 @@
 """Shared fixtures. Importing vnet_tf first turns oneDNN on before TensorFlow loads."""
 
+import importlib.util
 import os
 import pathlib
 
@@ -23,6 +24,14 @@ def hippocampus_dir():
     if not (HIPPOCAMPUS / "dataset.json").is_file():
         pytest.skip(f"MSD hippocampus data not found at {HIPPOCAMPUS} (../shared/data beside the repo)")
     return HIPPOCAMPUS
+
+
+def load_bench(name):
+    """The module of ``bench/<name>.py`` (bench scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def subprocess_env(**extra):

@@ -4,19 +4,13 @@ The whole recipe takes ~2 hours, so only the planning is tested here; tests/test
 runs a short train -> evaluate on real cases.
 """
 
-import importlib.util
-import pathlib
-
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from conftest import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_hippocampus", REPO / "bench" / "bench_hippocampus.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_hippocampus")
 
 
 def test_defaults_come_from_the_config():

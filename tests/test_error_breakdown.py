@@ -1,24 +1,18 @@
 """bench/error_breakdown.py: per-label extra / missed / swapped voxels of an evaluate.py folder."""
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
+from conftest import load_bench
 from vnet_tf.cases import find_cases
 from vnet_tf.evaluation import evaluate_cases
 from vnet_tf.io import Geometry, write_volume
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("error_breakdown", REPO / "bench" / "error_breakdown.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("error_breakdown")
 
 
 def test_breakdown_counts_match_the_voxels_and_the_reported_dice(tmp_path, rng):

@@ -18,6 +18,12 @@ import numpy as np
 from vnet_tf.io import PathLike
 
 
+def metrics_csv(path: PathLike) -> pathlib.Path:
+    """The ``metrics.csv`` of an ``evaluate.py`` output folder, or ``path`` itself if it is a file."""
+    path = pathlib.Path(path)
+    return path / "metrics.csv" if path.is_dir() else path
+
+
 def read_metric(path: PathLike, metric: str) -> Dict[Tuple[str, str], float]:
     """``{(case_id, label): value}`` of one column of an ``evaluate.py`` ``metrics.csv``."""
     path = pathlib.Path(path)

@@ -48,7 +48,10 @@ def breakdown(eval_dir: pathlib.Path, data_dir: str = ""):
             raise ValueError(f"case {case_id} of {summary_path} is not in {data_dir}")
         reference, _ = read_volume(by_id[case_id].label)
         prediction, _ = read_volume(find_prediction(predictions, case_id))
-        matrices.append(confusion_matrix(prediction, reference, max(labels) + 1))
+        try:
+            matrices.append(confusion_matrix(prediction, reference, max(labels) + 1))
+        except ValueError as err:
+            raise ValueError(f"case {case_id}: {err}") from None
     return labels, np.stack(matrices)
 
 

@@ -16,6 +16,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from vnet_tf.io import PathLike
+from vnet_tf.metrics import summarize
 
 
 def metrics_csv(path: PathLike) -> pathlib.Path:
@@ -93,7 +94,6 @@ def pooled_summary(paths, metrics=("dice", "hd95", "assd")) -> Dict[str, Dict[st
       ValueError: a (case, label) pair occurs in more than one file (the folds overlap), or
         the files score different labels.
     """
-    from vnet_tf.metrics import summarize  # pylint: disable=import-outside-toplevel
     pooled: Dict[str, Dict[Tuple[str, str], float]] = {m: {} for m in metrics}
     labels_of = {}
     for path in paths:

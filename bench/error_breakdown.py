@@ -4,7 +4,7 @@
 
 The argument is an evaluate.py output folder: its summary.json names the cases, the labels
 and the dataset (override with --data_dir), and its predictions/ holds the label maps. Prints,
-per label over all cases: the reference volume, the voxels predicted as the label that are
+per label over all cases: the reference voxels, the voxels predicted as the label that are
 not (extra), the voxels of the label predicted as something else (missed), the share of
 those errors that are a swap with another foreground label rather than with background, the
 median ratio of predicted to reference volume, and in how many cases the label was
@@ -63,9 +63,9 @@ def report(labels, matrices: np.ndarray) -> str:
         others = [j for j in labels if j != k]
         extra, missed = total[:, k].sum() - total[k, k], total[k].sum() - total[k, k]
         swapped = sum(total[k, j] + total[j, k] for j in others)
-        ref, pred, hit = matrices[:, k, :].sum(1), matrices[:, :, k].sum(1), matrices[:, k, k]
+        ref, pred = matrices[:, k, :].sum(1), matrices[:, :, k].sum(1)  # per case
         ratio = np.median(pred[ref > 0] / ref[ref > 0]) if np.any(ref > 0) else float("nan")
-        under = int(np.sum(ref - hit > pred - hit))
+        under = int(np.sum(ref > pred))  # missed > extra, the correct voxels cancelling
         errors = extra + missed
         share = f"{swapped / errors:.0%}" if errors else "-"
         lines.append(f"| {k} | {total[k].sum()} | {extra} | {missed} | {share} | {ratio:.3f} | "

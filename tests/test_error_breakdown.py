@@ -41,11 +41,15 @@ def test_breakdown_counts_match_the_voxels_and_the_reported_dice(tmp_path, rng):
         extra, missed = int(np.sum((pred == k) & (ref != k))), int(np.sum((ref == k) & (pred != k)))
         swapped = int(np.sum((pred == k) & (ref == 3 - k)) + np.sum((ref == k) & (pred == 3 - k)))
         assert f"| {k} | {int(np.sum(ref == k))} | {extra} | {missed} | {swapped / (extra + missed):.0%} |" in text
+        case_ref = np.array([np.sum(truth[r["case_id"]][0] == k) for r in summary["cases"]])
+        case_pred = np.array([np.sum(truth[r["case_id"]][1] == k) for r in summary["cases"]])
+        assert (f"| {np.median(case_pred / case_ref):.3f} | {int(np.sum(case_ref > case_pred))} / 2 |"
+                in text.splitlines()[1 + k])
         for i, record in enumerate(summary["cases"]):
             m = matrices[i]
             assert 2 * m[k, k] / (m[k].sum() + m[:, k].sum()) == pytest.approx(record["labels"][str(k)]["dice"])
 
 
-def test_a_folder_without_summary_is_refused_by_name(tmp_path, capsys):
+def test_a_folder_without_summary_is_refused_by_name(tmp_path):
     with pytest.raises(SystemExit, match=f"error_breakdown: {tmp_path}/summary.json: not found"):
         _bench().main([str(tmp_path)])

@@ -109,8 +109,28 @@ def test_pooled_folds_match_numpy_and_overlaps_are_refused(tmp_path, rng):
                             capture_output=True, text=True)
     assert script.returncode == 0, script.stderr
     dice, hd = np.concatenate([dice_a[:, 1], dice_b[:, 1]]), np.concatenate([hd_a[:, 1], hd_b[:, 1]])
-    assert (f"| 2 | 12 | {dice.mean():.3f} ± {dice.std():.3f} | {np.nanmean(hd):.3f} ± {np.nanstd(hd):.3f} | "
+    low, high = out["2"]["dice"]["ci95"]
+    assert (f"| 2 | 12 | {dice.mean():.3f} ± {dice.std():.3f} | {low:.3f} to {high:.3f} | "
+            f"{np.nanmean(hd):.3f} ± {np.nanstd(hd):.3f} | "
             f"{np.nanmean(hd) / 3:.3f} ± {np.nanstd(hd) / 3:.3f} | 1 |") in script.stdout
     script = subprocess.run([sys.executable, "bench/pool_folds.py", str(a), str(tmp_path / "missing")], cwd=REPO,
                             capture_output=True, text=True)
     assert script.returncode != 0 and "pool_folds:" in script.stderr and "no such metrics file" in script.stderr
+
+
+def test_pooled_interval_of_the_mean_matches_the_normal_approximation(tmp_path, rng):
+    # Independent reference: for many cases the bootstrap interval of a mean approaches
+    # mean ± 1.96 std / sqrt(n) (central limit theorem).
+    dice = rng.normal(0.88, 0.035, size=(400, 2))
+    hd = rng.uniform(1, 3, size=(400, 2))
+    hd[:7, 0] = math.nan  # distances of empty masks are left out of the interval
+    out = pooled_summary([_fold(tmp_path / "a.csv", 0, dice, hd)], metrics=("dice", "hd95"))
+    for j, label in enumerate(("1", "2")):
+        low, high = out[label]["dice"]["ci95"]
+        half = 1.96 * dice[:, j].std() / np.sqrt(len(dice))
+        assert low < dice[:, j].mean() < high
+        assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+        assert (low + high) / 2 == pytest.approx(dice[:, j].mean(), abs=0.2 * half)
+    finite = hd[7:, 0]
+    low, high = out["1"]["hd95"]["ci95"]
+    assert math.isfinite(low) and (high - low) / 2 == pytest.approx(1.96 * finite.std() / np.sqrt(len(finite)), rel=0.1)

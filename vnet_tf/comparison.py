@@ -44,6 +44,17 @@ def read_metric(path: PathLike, metric: str) -> Dict[Tuple[str, str], float]:
 LOWER_IS_BETTER = ("hd", "hd95", "assd")
 
 
+def bootstrap_interval(values, rng: np.random.Generator, resamples: int = 10000) -> Tuple[float, float]:
+    """The 95 % bootstrap interval of the mean of ``values`` (resampled with replacement
+    ``resamples`` times with ``rng``); ``(nan, nan)`` when there are no values."""
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        return math.nan, math.nan
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def paired_comparison(base: Dict[Tuple[str, str], float], new: Dict[Tuple[str, str], float],
                       higher_is_better: bool = True, resamples: int = 10000,
                       seed: int = 0) -> Dict[str, dict]:
@@ -70,11 +81,7 @@ def paired_comparison(base: Dict[Tuple[str, str], float], new: Dict[Tuple[str, s
         finite = np.all(np.isfinite(pairs), axis=1)
         pairs = pairs[finite]
         diff = pairs[:, 1] - pairs[:, 0]
-        if len(diff):
-            means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-            low, high = np.percentile(means, [2.5, 97.5])
-        else:
-            low = high = math.nan
+        low, high = bootstrap_interval(diff, rng, resamples)
         out[label] = {"n": int(len(diff)), "skipped": int((~finite).sum()),
                       "base_mean": float(pairs[:, 0].mean()) if len(diff) else math.nan,
                       "new_mean": float(pairs[:, 1].mean()) if len(diff) else math.nan,
@@ -88,7 +95,8 @@ def paired_comparison(base: Dict[Tuple[str, str], float], new: Dict[Tuple[str, s
 def pooled_summary(paths, metrics=("dice", "hd95", "assd")) -> Dict[str, Dict[str, dict]]:
     """``{label: {metric: summarize(...)}}`` over the cases of several ``metrics.csv`` files,
     as a cross-validation reports its folds together: each case counts once, scored by the
-    one evaluation that held it out.
+    one evaluation that held it out. Each metric's entry also holds ``ci95``, the 95 %
+    bootstrap interval of its mean over the cases (fixed seed; cases without a value left out).
 
     Raises:
       ValueError: a (case, label) pair occurs in more than one file (the folds overlap), or
@@ -108,5 +116,11 @@ def pooled_summary(paths, metrics=("dice", "hd95", "assd")) -> Dict[str, Dict[st
     if len({tuple(v) for v in labels_of.values()}) > 1:
         raise ValueError(f"the files score different labels: {labels_of}")
     labels = sorted({label for _, label in pooled[metrics[0]]}, key=lambda s: (len(s), s))
-    return {label: {m: summarize([v for (_, lab), v in pooled[m].items() if lab == label]) for m in metrics}
-            for label in labels}
+    out = {}
+    for label in labels:
+        out[label] = {}
+        for m in metrics:
+            values = [v for (_, lab), v in pooled[m].items() if lab == label]
+            finite = [v for v in values if math.isfinite(v)]
+            out[label][m] = {**summarize(values), "ci95": bootstrap_interval(finite, np.random.default_rng(0))}
+    return out

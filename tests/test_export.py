@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, load_bench, subprocess_env
 
 
 def _export(workdir, base, *args):
@@ -247,6 +247,22 @@ def test_an_ensemble_exports_as_one_model_serving_the_mean(tiny_run, tmp_path, r
     exported_run = json.loads((version / "assets.extra" / "vnet_tf_run.json").read_text())
     assert exported_run["workdir"] == [str(run.resolve()), str(twin.resolve())]
     assert exported_run["train_cases"] == config["train_cases"] + ["extra_case"]
+
+
+def test_an_exported_ensemble_segments_a_scan_as_its_members_mean(tiny_run, tmp_path, rng):
+    """bench/check_ensemble_export.py: serving_default (sliding window, mirroring) of an ensemble
+    against the library's inference of each member, averaged; one member alone must differ."""
+    from vnet_tf.exporter import export_run
+    run, _ = tiny_run
+    twin = _untrained_twin(run, tmp_path / "twin")
+    version = export_run([run, twin], tmp_path / "base")
+    case = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray((100 + 30 * rng.normal(size=(21, 27, 19))).astype(np.float32)), str(case))
+    check = load_bench("check_ensemble_export").check
+    both = check(version, case, [run, twin], which="best")
+    assert both["shape"] == (21, 27, 19) and both["voxels"] == 21 * 27 * 19
+    assert both["max_probability_difference"] < 1e-4 and both["labels_differing"] == 0
+    assert check(version, case, [run], which="best")["max_probability_difference"] > 1e-3
 
 
 def test_an_ensemble_of_different_patch_sizes_is_refused_before_writing(tiny_run, tmp_path):

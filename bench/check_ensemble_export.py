@@ -4,8 +4,8 @@
         [--which=final] runs/fold0 runs/fold1 ...
 
 Loads the SavedModel that `export.py --workdir=A,B,...` wrote, runs its `serving_default` on
-the scan (reoriented to LPS, the training orientation; timed on a second call, after
-tracing), runs each member run's final weights through the library's own inference, and
+the scan (reoriented to LPS, the training orientation, with its own spacing; timed on a
+second call, after tracing), runs each member run's final weights through the library's own inference, and
 prints the largest difference between the SavedModel's probabilities and the members' mean,
 and how many voxels' labels differ. The unit tests check the same on a tiny model; this is
 the check at full size.
@@ -34,22 +34,23 @@ def check(export, case, runs, which="final") -> dict:
     """Runs the SavedModel in ``export`` and the member ``runs`` (their ``which`` weights) on the
     scan ``case``; returns the shape, the SavedModel's seconds, the largest probability
     difference from the members' mean and the number of voxels whose label differs."""
-    volume = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(case)), "LPS")).astype(np.float32)
+    image = sitk.Cast(sitk.DICOMOrient(sitk.ReadImage(str(case)), "LPS"), sitk.sitkFloat32)
+    request = {"volume": tf.constant(sitk.GetArrayFromImage(image)),
+               "spacing": tf.constant(image.GetSpacing()[::-1], tf.float32)}  # z, y, x like the array
     serve = tf.saved_model.load(str(export)).signatures["serving_default"]
-    serve(volume=tf.constant(volume), spacing=tf.zeros((0,)))
+    serve(**request)
     start = time.perf_counter()
-    out = serve(volume=tf.constant(volume), spacing=tf.zeros((0,)))
+    out = serve(**request)
     seconds = time.perf_counter() - start
     members = []
     for run in runs:
         model, config = restore_model(run, which=which)
         preprocess, inference = run_configs(config)
-        prediction = predict_case([sitk.GetImageFromArray(volume)], keras_predictor(model), preprocess, inference,
-                                  keep_probabilities=True)
-        members.append(prediction.probabilities)
+        members.append(predict_case([image], keras_predictor(model), preprocess, inference,
+                                    keep_probabilities=True).probabilities)
     mean = np.mean(members, axis=0)
     labels = out["labels"].numpy()
-    return {"shape": volume.shape, "seconds": seconds,
+    return {"shape": tuple(request["volume"].shape), "seconds": seconds,
             "max_probability_difference": float(np.abs(out["probabilities"].numpy() - mean).max()),
             "labels_differing": int((labels != mean.argmax(-1)).sum()), "voxels": labels.size}
 

@@ -4,10 +4,10 @@
         [--which=final] runs/fold0 runs/fold1 ...
 
 Loads the SavedModel that `export.py --workdir=A,B,...` wrote, runs its `serving_default` on
-the scan (reoriented to LPS, the training orientation, with its own spacing; timed on a
-second call, after tracing), runs each member run's final weights through the library's own inference, and
-prints the largest difference between the SavedModel's probabilities and the members' mean,
-and how many voxels' labels differ. The unit tests check the same on a tiny model; this is
+the scan (reoriented to LPS, the training orientation, with its own spacing; timed on a second
+call, after tracing), runs each member run's `--which` weights (final by default) through the
+library's own inference, and prints the largest difference between the SavedModel's
+probabilities and the members' mean, and how many voxels' labels differ. The unit tests check the same on a tiny model; this is
 the check at full size.
 """
 

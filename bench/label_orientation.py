@@ -1,0 +1,89 @@
+"""Is the anatomy laid out the same way in every case? Label centroids per axis.
+
+    python bench/label_orientation.py ../shared/data/Task04_Hippocampus [--orientation=LPS]
+
+Reads every label map, reorients it as preprocessing does (default LPS, the library's
+default), and, for each pair of foreground labels a < b and each array axis (0 = z, 1 = y,
+2 = x), counts the cases where b's centroid lies at a higher index than a's, with the mean
+offset in mm. An axis along which (nearly) every case agrees is one the data never shows
+mirrored: flip augmentation along it trains on layouts that do not occur, and test-time
+mirroring along it averages in predictions for such layouts. Read it before choosing
+``--aug_flip_axes`` and ``--mirror_axes`` for a dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import pathlib
+import sys
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from vnet_tf.cases import find_cases  # noqa: E402  pylint: disable=wrong-import-position
+from vnet_tf.io import image_to_array, read_image  # noqa: E402  pylint: disable=wrong-import-position
+
+AXES = ("z", "y", "x")
+
+
+def centroids(data_dir: str, orientation: str = "LPS"):
+    """``(labels, {case_id: {label: centroid in mm along (z, y, x)}})``; a label absent from
+    a case is absent from its dict."""
+    dataset = find_cases(data_dir)
+    found = {}
+    for case in dataset.cases:
+        if case.label is None or not case.label.exists():
+            raise FileNotFoundError(f"case {case.case_id}: label file {case.label} not found")
+        image = sitk.DICOMOrient(read_image(case.label), orientation)
+        array = image_to_array(image)
+        if array.ndim != 3:
+            raise ValueError(f"{case.label}: expected a 3D label map, got shape {array.shape}")
+        spacing_zyx = np.array(image.GetSpacing()[::-1])
+        found[case.case_id] = {int(k): np.argwhere(array == k).mean(0) * spacing_zyx
+                               for k in np.unique(array) if k != 0}
+    labels = sorted({k for per_case in found.values() for k in per_case})
+    return labels, found
+
+
+def agreement(labels, found):
+    """Rows ``(a, b, axis, cases with b beyond a, cases with both, mean offset b - a in mm)``."""
+    rows = []
+    for a, b in itertools.combinations(labels, 2):
+        offsets = np.array([c[b] - c[a] for c in found.values() if a in c and b in c]).reshape(-1, 3)
+        for axis in range(3):
+            rows.append((a, b, axis, int(np.sum(offsets[:, axis] > 0)), len(offsets),
+                         float(offsets[:, axis].mean()) if len(offsets) else float("nan")))
+    return rows
+
+
+def report(rows, consistent: float = 0.95) -> str:
+    lines = ["| labels | axis | cases with b beyond a | mean offset b - a (mm) | same side in every case? |",
+             "|---|---|---|---|---|"]
+    for a, b, axis, beyond, both, offset in rows:
+        share = max(beyond, both - beyond) / both if both else float("nan")
+        verdict = f"yes ({share:.0%})" if share >= consistent else f"no ({share:.0%})"
+        lines.append(f"| {a} → {b} | {axis} ({AXES[axis]}) | {beyond} / {both} | {offset:+.2f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir")
+    parser.add_argument("--orientation", default="LPS", help="reorient labels to this code first (as preprocessing)")
+    args = parser.parse_args(argv)
+    try:
+        labels, found = centroids(args.data_dir, args.orientation)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"label_orientation: {err}") from None
+    if len(labels) < 2:
+        raise SystemExit(f"label_orientation: {args.data_dir}: expected at least two foreground labels "
+                         f"to compare, found {labels}")
+    print(f"{args.data_dir}: {len(found)} cases, labels {labels}, reoriented to {args.orientation}\n")
+    print(report(agreement(labels, found)))
+
+
+if __name__ == "__main__":
+    main()

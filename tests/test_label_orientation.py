@@ -1,0 +1,76 @@
+"""bench/label_orientation.py: per-axis label layout across cases, after reorientation."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import load_bench
+from vnet_tf.io import Geometry, write_volume
+
+SPACING_XYZ = (1.0, 1.5, 2.0)
+
+
+def _bench():
+    return load_bench("label_orientation")
+
+
+def _dataset(tmp_path, layouts, flipped_z=()):
+    """An MSD folder whose labels are ``layouts[name]`` in LPS array order; cases in
+    ``flipped_z`` are stored with their z axis reversed and a direction saying so."""
+    for name, label in layouts.items():
+        direction = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+        if name in flipped_z:
+            label, direction = label[::-1], (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+        geometry = Geometry(spacing=SPACING_XYZ, origin=(0.0, 0.0, 0.0), direction=direction)
+        write_volume(tmp_path / "imagesTr" / f"{name}.nii.gz", label.astype(np.float32), geometry)
+        write_volume(tmp_path / "labelsTr" / f"{name}.nii.gz", label.astype(np.uint8), geometry)
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "labels": {"0": "background", "1": "a", "2": "b"},
+        "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in layouts]}))
+    return tmp_path
+
+
+def _random_layout(rng, shape=(8, 10, 12)):
+    label = np.zeros(shape, np.uint8)
+    label[rng.random(shape) < 0.2] = 1
+    label[rng.random(shape) < 0.2] = 2
+    label[: shape[0] // 2][label[: shape[0] // 2] == 2] = 0  # label 2 only in the upper half of z
+    label[shape[0] // 2:][label[shape[0] // 2:] == 1] = 0
+    return label
+
+
+def test_counts_and_offsets_match_a_brute_force_on_the_reoriented_labels(tmp_path, rng):
+    layouts = {f"case_{i}": _random_layout(rng) for i in range(4)}
+    layouts["case_4"] = np.where(layouts["case_0"] == 2, 0, layouts["case_0"])  # label 2 missing
+    data = _dataset(tmp_path, layouts, flipped_z=("case_1", "case_3"))
+    labels, found = _bench().centroids(str(data))
+    assert labels == [1, 2] and set(found) == set(layouts) and 2 not in found["case_4"]
+    rows = _bench().agreement(labels, found)
+    spacing_zyx = np.array(SPACING_XYZ[::-1])
+    offsets = np.array([(np.argwhere(lab == 2).mean(0) - np.argwhere(lab == 1).mean(0)) * spacing_zyx
+                        for name, lab in layouts.items() if name != "case_4"])
+    for (a, b, axis, beyond, both, offset), expected in zip(rows, offsets.T):
+        assert (a, b, both) == (1, 2, 4)
+        assert beyond == int(np.sum(expected > 0))
+        assert offset == pytest.approx(expected.mean())
+    # z: every case has label 2 above label 1 once the stored-flipped cases are reoriented
+    assert rows[0][3] == 4
+    text = _bench().report(rows)
+    assert "| 1 → 2 | 0 (z) | 4 / 4 |" in text and "yes (100%)" in text.splitlines()[2]
+
+
+def test_without_reorientation_the_flipped_cases_would_disagree(tmp_path, rng):
+    """The check must reorient: stored as they are, the two z-flipped cases point the other way."""
+    layouts = {f"case_{i}": _random_layout(rng) for i in range(4)}
+    data = _dataset(tmp_path, layouts, flipped_z=("case_1", "case_3"))
+    stored = {name: (lab[::-1] if name in ("case_1", "case_3") else lab) for name, lab in layouts.items()}
+    raw_beyond = sum(np.argwhere(s == 2).mean(0)[0] > np.argwhere(s == 1).mean(0)[0] for s in stored.values())
+    assert raw_beyond == 2
+    rows = _bench().agreement(*_bench().centroids(str(data)))
+    assert rows[0][3] == 4
+
+
+def test_a_folder_without_a_dataset_is_refused_by_name(tmp_path):
+    with pytest.raises(SystemExit, match=f"label_orientation: {tmp_path}: cannot tell the dataset layout"):
+        _bench().main([str(tmp_path)])

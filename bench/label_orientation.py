@@ -25,6 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from vnet_tf.cases import find_cases  # noqa: E402  pylint: disable=wrong-import-position
 from vnet_tf.io import image_to_array, read_image  # noqa: E402  pylint: disable=wrong-import-position
+from vnet_tf.preprocess import PreprocessConfig  # noqa: E402  pylint: disable=wrong-import-position
 
 AXES = ("z", "y", "x")
 
@@ -32,6 +33,8 @@ AXES = ("z", "y", "x")
 def centroids(data_dir: str, orientation: str = "LPS"):
     """``(labels, {case_id: {label: centroid in mm along (z, y, x)}})``; a label absent from
     a case is absent from its dict."""
+    PreprocessConfig(orientation=orientation).validate()
+    orientation = orientation.upper()
     dataset = find_cases(data_dir)
     found = {}
     for case in dataset.cases:

@@ -74,3 +74,9 @@ def test_without_reorientation_the_flipped_cases_would_disagree(tmp_path, rng):
 def test_a_folder_without_a_dataset_is_refused_by_name(tmp_path):
     with pytest.raises(SystemExit, match=f"label_orientation: {tmp_path}: cannot tell the dataset layout"):
         _bench().main([str(tmp_path)])
+
+
+def test_a_bad_orientation_code_is_refused_by_name(tmp_path, rng):
+    data = _dataset(tmp_path, {"case_0": _random_layout(rng)})
+    with pytest.raises(SystemExit, match="label_orientation: orientation must be a 3-letter code .* got 'XYZ'"):
+        _bench().main([str(data), "--orientation=XYZ"])

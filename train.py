@@ -72,6 +72,11 @@ flags.DEFINE_float("aug_histogram_p", 0.0, "histogram matching to another traini
 flags.DEFINE_list("aug_flip_axes", [], "axes to mirror (0=z,1=y,2=x)")
 flags.DEFINE_float("aug_flip_p", 0.5, "mirror probability per axis", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("aug_gamma_p", 0.0, "gamma probability", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("aug_gamma_inverted_p", 0.0, "gamma on the inverted intensities, probability (nnU-Net: 0.1)",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("aug_lowres_p", 0.0, "simulated low resolution probability (nnU-Net: 0.25)",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_list("aug_lowres_zoom", ["0.5", "1"], "simulated low resolution: grid zoom range, within (0, 1]")
 flags.DEFINE_float("aug_brightness_contrast_p", 0.0, "brightness/contrast probability", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("aug_noise_p", 0.0, "Gaussian noise probability", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("aug_noise_std", 0.1, "max noise std", lower_bound=0.0)
@@ -120,6 +125,10 @@ def build_config(data_dir: str):
     from vnet_tf.training import TrainConfig  # pylint: disable=import-outside-toplevel
 
     patch = _numbers("patch_size", int, 3, positive=True)
+    lowres_zoom = _numbers("aug_lowres_zoom", float, 2, True)
+    if max(lowres_zoom) > 1:
+        raise app.UsageError(f"--aug_lowres_zoom: expected values in (0, 1] (a coarser grid), "
+                             f"got {','.join(FLAGS.aug_lowres_zoom)}")
     divisor = 2 ** (FLAGS.depth - 1)
     if any(p % divisor for p in patch):
         raise app.UsageError(f"--patch_size {patch} must be multiples of {divisor} (2**(depth-1))")
@@ -148,7 +157,9 @@ def build_config(data_dir: str):
             scale_range=_numbers("aug_scale", float, 2, True), noise_probability=FLAGS.aug_noise_p,
             noise_std=FLAGS.aug_noise_std, blur_probability=FLAGS.aug_blur_p,
             brightness_contrast_probability=FLAGS.aug_brightness_contrast_p,
-            gamma_probability=FLAGS.aug_gamma_p, flip_axes=_numbers("aug_flip_axes", int),
+            gamma_probability=FLAGS.aug_gamma_p, gamma_inverted_probability=FLAGS.aug_gamma_inverted_p,
+            lowres_probability=FLAGS.aug_lowres_p, lowres_zoom=lowres_zoom,
+            flip_axes=_numbers("aug_flip_axes", int),
             flip_probability=FLAGS.aug_flip_p),
         augment_on=FLAGS.augment_on, patch_size_zyx=patch, batch_size=FLAGS.batch_size,
         foreground_fraction=FLAGS.foreground_fraction, steps=FLAGS.steps,

@@ -36,9 +36,11 @@ TRANSFORMS = {
     "flips": dict(flip_axes=(0, 1, 2), flip_probability=1.0),
     "histogram matching": dict(histogram_probability=1.0),
     "gamma": dict(gamma_probability=1.0),
+    "inverted gamma": dict(gamma_inverted_probability=1.0),
     "brightness/contrast": dict(brightness_contrast_probability=1.0),
     "noise": dict(noise_probability=1.0),
     "blur": dict(blur_probability=1.0),
+    "low resolution": dict(lowres_probability=1.0),
 }
 TRANSFORMS["all together"] = {k: v for d in TRANSFORMS.values() for k, v in d.items()}
 

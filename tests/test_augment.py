@@ -181,8 +181,9 @@ def test_histogram_matching_within_batch(rng):
 
 def test_intensity_layers_keep_labels_and_change_images(rng):
     image, label = _sphere_batch(rng)
-    for layer in (A.RandomGamma(1.0, seed=1), A.RandomBrightnessContrast(1.0, seed=1),
-                  A.RandomGaussianNoise(1.0, seed=1), A.RandomGaussianBlur(1.0, seed=1)):
+    for layer in (A.RandomGamma(1.0, seed=1), A.RandomGamma(1.0, invert=True, seed=1),
+                  A.RandomBrightnessContrast(1.0, seed=1), A.RandomGaussianNoise(1.0, seed=1),
+                  A.RandomGaussianBlur(1.0, seed=1), A.RandomLowResolution(1.0, (0.5, 0.6), seed=1)):
         out = layer({"image": image, "label": label})
         np.testing.assert_array_equal(np_(out["label"]), label)
         assert np.abs(np_(out["image"]) - image).max() > 1e-3, type(layer).__name__
@@ -195,13 +196,72 @@ def test_blur_preserves_a_constant_and_the_mean(rng):
     np.testing.assert_allclose(out, 2.5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("invert", [False, True])
+def test_gamma_matches_its_formula(rng, invert):
+    image = rng.normal(size=(2, 5, 6, 7, 1)).astype(np.float32)
+    out = np_(A.RandomGamma(1.0, gamma_range=(2.0, 2.0), invert=invert, seed=0)({"image": image})["image"])
+    low = image.min(axis=(1, 2, 3, 4), keepdims=True)
+    span = image.max(axis=(1, 2, 3, 4), keepdims=True) - low
+    unit = (image - low) / span
+    expected = (1 - (1 - unit) ** 2 if invert else unit ** 2) * span + low
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert (out.mean() > image.mean()) == invert  # gamma 2 darkens; inverted, it brightens
+
+
+def _lowres_brute_force(volume, zoom):
+    """Nearest-neighbour down to round(zoom * n) cells per axis, an explicit coarse array,
+    then trilinear back up voxel by voxel with the coarse edges held constant."""
+    n = volume.shape
+    m = [max(int(np.round(np.float32(zoom) * k)), 1) for k in n]
+    coarse = np.empty(m, volume.dtype)
+    for j in np.ndindex(*m):
+        coarse[j] = volume[tuple(min(int(np.floor((j[a] + 0.5) * n[a] / m[a])), n[a] - 1) for a in range(3))]
+    out = np.empty_like(volume)
+    for x in np.ndindex(*n):
+        c = [min(max((x[a] + 0.5) * m[a] / n[a] - 0.5, 0.0), m[a] - 1.0) for a in range(3)]
+        lo = [int(np.floor(v)) for v in c]
+        value = 0.0
+        for corner in np.ndindex(2, 2, 2):
+            index, weight = [], 1.0
+            for a in range(3):
+                t = c[a] - lo[a]
+                index.append(min(lo[a] + corner[a], m[a] - 1))
+                weight *= t if corner[a] else 1.0 - t
+            value += weight * coarse[tuple(index)]
+        out[x] = value
+    return out
+
+
+def test_low_resolution_matches_brute_force(rng):
+    from vnet_tf.augment_intensity import simulate_low_resolution
+    image = rng.normal(size=(3, 9, 12, 10, 1)).astype(np.float32)
+    zooms = np.array([0.5, 0.7, 0.34], np.float32)
+    out = np_(simulate_low_resolution(ops.convert_to_tensor(image), ops.convert_to_tensor(zooms)))
+    for b, zoom in enumerate(zooms):
+        np.testing.assert_allclose(out[b, ..., 0], _lowres_brute_force(image[b, ..., 0], zoom), atol=1e-5)
+    same = np_(simulate_low_resolution(ops.convert_to_tensor(image), ops.convert_to_tensor(np.ones(3, np.float32))))
+    np.testing.assert_array_equal(same, image)  # zoom 1: the same grid, nothing changes
+    assert np.abs(out[0] - image[0]).max() > 0.5
+
+
+def test_low_resolution_keeps_constants_and_range(rng):
+    constant = np.full((1, 8, 8, 8, 1), -1.5, np.float32)
+    layer = A.RandomLowResolution(1.0, (0.5, 0.5), seed=0)
+    np.testing.assert_allclose(np_(layer({"image": constant})["image"]), -1.5, rtol=1e-6)
+    image = rng.uniform(2.0, 3.0, size=(2, 8, 8, 8, 1)).astype(np.float32)
+    out = np_(layer({"image": image})["image"])
+    assert out.min() >= 2.0 - 1e-6 and out.max() <= 3.0 + 1e-6  # interpolation never overshoots
+    with pytest.raises(ValueError, match="zoom_range"):
+        A.RandomLowResolution(zoom_range=(0.5, 1.5))
+
+
 # ---------------------------------------------------------------- composition, graph, config
 
 def _full_config():
     return A.AugmentConfig(histogram_probability=0.5, elastic_probability=0.5, elastic_sigma=2.0,
                            affine_probability=0.5, noise_probability=0.5, blur_probability=0.5,
                            brightness_contrast_probability=0.5, gamma_probability=0.5,
-                           flip_axes=(0, 1, 2))
+                           gamma_inverted_probability=0.5, lowres_probability=0.5, flip_axes=(0, 1, 2))
 
 
 def test_all_layers_run_in_tf_function_and_tf_data(rng):
@@ -262,7 +322,8 @@ def test_augmentation_runs_under_jax_backend():
         "from vnet_tf import augment as A\n"
         "assert 'tensorflow' not in sys.modules\n"
         "cfg = A.AugmentConfig(histogram_probability=1, elastic_probability=1, elastic_sigma=2,"
-        " affine_probability=1, gamma_probability=1, blur_probability=1, flip_axes=(0,))\n"
+        " affine_probability=1, gamma_probability=1, blur_probability=1, lowres_probability=1,"
+        " gamma_inverted_probability=1, flip_axes=(0,))\n"
         "aug = A.build_augmentation(cfg, num_classes=2, seed=0)\n"
         "x = np.random.rand(2, 16, 16, 16, 1).astype('float32')\n"
         "y = (x[..., 0] > 0.5).astype('int32')\n"

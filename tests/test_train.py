@@ -50,6 +50,7 @@ def _weights(path):
 def test_kill_and_resume_gives_identical_weights(tmp_path):
     args = ["--steps=16", "--checkpoint_every=4", "--validation_every=100", "--deterministic",
             "--aug_elastic_p=0.5", "--aug_elastic_sigma=2", "--aug_noise_p=0.5", "--aug_flip_axes=0,1,2",
+            "--aug_lowres_p=0.5", "--aug_gamma_inverted_p=0.5",
             "--dropout=0.1"]
     cache = tmp_path / "cache"
     whole = run_train(tmp_path / "whole", cache, *args)
@@ -107,6 +108,7 @@ def test_run_written_before_a_setting_existed_resumes_with_its_default(tmp_path)
     (["--aug_elastic_p=1.5"], "aug_elastic_p"),
     (["--loss=focal"], "loss"),
     (["--aug_scale=1.2"], "--aug_scale: expected 2 values"),
+    (["--aug_lowres_zoom=0.5,2"], "--aug_lowres_zoom: expected values in (0, 1]"),
     (["--fold=7"], "fold"),
     (["--fold=-2"], "--fold"),
     (["--deep_supervision=2"], "deep_supervision must be in [0, 1]"),

@@ -36,14 +36,14 @@ from keras import layers
 from vnet_tf.augment_base import AugmentationLayer
 from vnet_tf.augment_intensity import (HistogramMatching, RandomBrightnessContrast,
                                        RandomGamma, RandomGaussianBlur, RandomGaussianNoise,
-                                       quantile_table)
+                                       RandomLowResolution, quantile_table)
 from vnet_tf.augment_spatial import (RandomAffine, RandomElasticDeformation, RandomFlip,
                                      RandomSpatialTransform)
 
 __all__ = [
     "Augmentation", "AugmentConfig", "build_augmentation", "quantile_table",
     "HistogramMatching", "RandomBrightnessContrast", "RandomGamma", "RandomGaussianBlur",
-    "RandomGaussianNoise", "RandomAffine", "RandomElasticDeformation", "RandomFlip",
+    "RandomGaussianNoise", "RandomLowResolution", "RandomAffine", "RandomElasticDeformation", "RandomFlip",
     "RandomSpatialTransform",
 ]
 
@@ -75,7 +75,9 @@ class AugmentConfig:
     """Probabilities and strengths of every transform; a probability of 0 leaves it out.
 
     Order of application: histogram matching, one spatial resampling (affine + elastic),
-    noise, blur, brightness/contrast, gamma, flips.
+    noise, blur, brightness/contrast, low resolution, inverted gamma, gamma, flips (nnU-Net's
+    order; its probabilities are noise 0.1, blur 0.2, brightness 0.15 and contrast 0.15, low
+    resolution 0.25, inverted gamma 0.1, gamma 0.3).
     """
 
     histogram_probability: float = 0.0
@@ -99,6 +101,9 @@ class AugmentConfig:
     contrast_range: Tuple[float, float] = (0.75, 1.25)
     gamma_probability: float = 0.0
     gamma_range: Tuple[float, float] = (0.7, 1.5)
+    gamma_inverted_probability: float = 0.0
+    lowres_probability: float = 0.0
+    lowres_zoom: Tuple[float, float] = (0.5, 1.0)
     flip_axes: Tuple[int, ...] = ()
     flip_probability: float = 0.5
 
@@ -113,7 +118,8 @@ class AugmentConfig:
         return any(p > 0 for p in (
             self.histogram_probability, self.elastic_probability, self.affine_probability,
             self.noise_probability, self.blur_probability, self.brightness_contrast_probability,
-            self.gamma_probability)) or (self.flip_probability > 0 and len(self.flip_axes) > 0)
+            self.gamma_probability, self.gamma_inverted_probability,
+            self.lowres_probability)) or (self.flip_probability > 0 and len(self.flip_axes) > 0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -155,6 +161,12 @@ def build_augmentation(config: AugmentConfig, num_classes: int = 2, reference_qu
         transforms.append(RandomBrightnessContrast(config.brightness_contrast_probability,
                                                    config.brightness_range, config.contrast_range,
                                                    seed=child_seed(5)))
+    if config.lowres_probability > 0:
+        transforms.append(RandomLowResolution(config.lowres_probability, config.lowres_zoom,
+                                              seed=child_seed(8)))
+    if config.gamma_inverted_probability > 0:
+        transforms.append(RandomGamma(config.gamma_inverted_probability, config.gamma_range,
+                                      invert=True, seed=child_seed(9)))
     if config.gamma_probability > 0:
         transforms.append(RandomGamma(config.gamma_probability, config.gamma_range, seed=child_seed(6)))
     if config.flip_probability > 0 and config.flip_axes:

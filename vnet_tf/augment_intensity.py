@@ -1,5 +1,6 @@
 """Intensity augmentation: histogram matching to another training volume, gamma,
-brightness/contrast, Gaussian noise and blur (see :mod:`vnet_tf.augment`)."""
+brightness/contrast, Gaussian noise, blur and simulated low resolution (see
+:mod:`vnet_tf.augment`)."""
 
 from __future__ import annotations
 
@@ -115,12 +116,18 @@ class HistogramMatching(AugmentationLayer):
 
 @keras.saving.register_keras_serializable(package="vnet_tf")
 class RandomGamma(AugmentationLayer):
-    """Gamma on each sample rescaled to [0, 1], then scaled back to its own range."""
+    """Gamma on each sample rescaled to [0, 1], then scaled back to its own range.
 
-    def __init__(self, probability: float = 0.3, gamma_range=(0.7, 1.5), seed=None, **kwargs):
+    ``invert=True`` applies it to the inverted intensities, ``1 - (1 - u) ** gamma``
+    (nnU-Net's second gamma transform), which brightens where plain gamma darkens. Unlike
+    nnU-Net's, neither restores the sample's mean and standard deviation afterwards."""
+
+    def __init__(self, probability: float = 0.3, gamma_range=(0.7, 1.5), invert: bool = False,
+                 seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
         self.probability = check_probability("probability", probability)
         self.gamma_range = check_range("gamma_range", gamma_range, positive=True)
+        self.invert = bool(invert)
 
     def transform(self, image, label):
         batch = ops.shape(image)[0]
@@ -129,12 +136,17 @@ class RandomGamma(AugmentationLayer):
         high = ops.reshape(ops.max(_sample_values(image), axis=1), shape)
         span = ops.maximum(high - low, 1e-7)
         gamma = ops.reshape(self.uniform((batch,), *self.gamma_range), shape)
-        out = ops.power((image - low) / span, gamma) * span + low
+        unit = (image - low) / span
+        if self.invert:
+            unit = 1.0 - ops.power(1.0 - unit, gamma)
+        else:
+            unit = ops.power(unit, gamma)
+        out = unit * span + low
         return per_sample(self.coin(batch, self.probability), out, image), label
 
     def get_config(self):
         config = super().get_config()
-        config.update(probability=self.probability, gamma_range=self.gamma_range)
+        config.update(probability=self.probability, gamma_range=self.gamma_range, invert=self.invert)
         return config
 
 
@@ -227,4 +239,68 @@ class RandomGaussianBlur(AugmentationLayer):
     def get_config(self):
         config = super().get_config()
         config.update(probability=self.probability, sigma_range=self.sigma_range)
+        return config
+
+
+def _lowres_axis(n: int, coarse):
+    """Per-sample resampling of one axis of length ``n`` through ``coarse`` (B,) cells:
+    nearest-neighbour down (coarse cell ``j`` takes the voxel under its centre,
+    ``floor((j + 1/2) n / m)``), then linear back up with the edges held constant. Returns
+    the two source voxels ``(B, n)`` of every output voxel and the weight of the second."""
+    m = coarse[:, None]
+    x = ops.arange(n, dtype="float32")[None]
+    c = ops.clip((x + 0.5) * m / n - 0.5, 0.0, m - 1.0)  # output voxel in coarse units
+    j0 = ops.floor(c)
+    j1 = ops.minimum(j0 + 1.0, m - 1.0)
+
+    def source(j):
+        return ops.cast(ops.minimum(ops.floor((j + 0.5) * n / m), n - 1.0), "int32")
+
+    return source(j0), source(j1), c - j0
+
+
+def _take(x, index, axis):
+    shape = [1] * len(x.shape)
+    shape[0], shape[axis] = -1, x.shape[axis]
+    return ops.take_along_axis(x, ops.broadcast_to(ops.reshape(index, shape), ops.shape(x)), axis=axis)
+
+
+def simulate_low_resolution(image, zoom):
+    """``image`` (B, D, H, W, C) resampled down to ``round(zoom * shape)`` voxels per axis
+    (nearest neighbour) and back up to its own shape (trilinear); ``zoom`` (B,) in (0, 1]."""
+    out = image
+    for axis in (1, 2, 3):
+        n = int(image.shape[axis])
+        coarse = ops.maximum(ops.round(zoom * n), 1.0)
+        first, second, weight = _lowres_axis(n, coarse)
+        shape = [1] * len(image.shape)
+        shape[0], shape[axis] = -1, n
+        weight = ops.cast(ops.reshape(weight, shape), image.dtype)
+        a = _take(out, first, axis)
+        out = a + weight * (_take(out, second, axis) - a)
+    return out
+
+
+@keras.saving.register_keras_serializable(package="vnet_tf")
+class RandomLowResolution(AugmentationLayer):
+    """nnU-Net's simulated low resolution: each chosen sample is resampled to a coarser grid,
+    ``zoom`` drawn per sample from ``zoom_range`` (the same on every axis), and back, so edges
+    blur into steps as in a thick-slice scan. Down by nearest neighbour, up by trilinear
+    interpolation (nnU-Net uses cubic); all channels alike."""
+
+    def __init__(self, probability: float = 0.25, zoom_range=(0.5, 1.0), seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.probability = check_probability("probability", probability)
+        self.zoom_range = check_range("zoom_range", zoom_range, positive=True)
+        if self.zoom_range[1] > 1.0:
+            raise ValueError(f"zoom_range must lie in (0, 1] (a coarser grid), got {zoom_range!r}")
+
+    def transform(self, image, label):
+        batch = ops.shape(image)[0]
+        out = simulate_low_resolution(image, self.uniform((batch,), *self.zoom_range))
+        return per_sample(self.coin(batch, self.probability), out, image), label
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(probability=self.probability, zoom_range=self.zoom_range)
         return config

@@ -259,10 +259,15 @@ def _lowres_axis(n: int, coarse):
     return source(j0), source(j1), c - j0
 
 
+def _along(values, rank, axis):
+    """``values`` (B, n) reshaped to broadcast along ``axis`` of a rank-``rank`` tensor."""
+    shape = [1] * rank
+    shape[0], shape[axis] = -1, values.shape[-1]
+    return ops.reshape(values, shape)
+
+
 def _take(x, index, axis):
-    shape = [1] * len(x.shape)
-    shape[0], shape[axis] = -1, x.shape[axis]
-    return ops.take_along_axis(x, ops.broadcast_to(ops.reshape(index, shape), ops.shape(x)), axis=axis)
+    return ops.take_along_axis(x, ops.broadcast_to(_along(index, len(x.shape), axis), ops.shape(x)), axis=axis)
 
 
 def simulate_low_resolution(image, zoom):
@@ -273,9 +278,7 @@ def simulate_low_resolution(image, zoom):
         n = int(image.shape[axis])
         coarse = ops.maximum(ops.round(zoom * n), 1.0)
         first, second, weight = _lowres_axis(n, coarse)
-        shape = [1] * len(image.shape)
-        shape[0], shape[axis] = -1, n
-        weight = ops.cast(ops.reshape(weight, shape), image.dtype)
+        weight = ops.cast(_along(weight, len(image.shape), axis), image.dtype)
         a = _take(out, first, axis)
         out = a + weight * (_take(out, second, axis) - a)
     return out

@@ -74,6 +74,8 @@ flags.DEFINE_float("aug_flip_p", 0.5, "mirror probability per axis", lower_bound
 flags.DEFINE_float("aug_gamma_p", 0.0, "gamma probability", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("aug_gamma_inverted_p", 0.0, "gamma on the inverted intensities, probability (nnU-Net: 0.1)",
                    lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_bool("aug_gamma_retain_stats", False, "both gamma transforms restore each sample's mean and std "
+                  "(nnU-Net does)")
 flags.DEFINE_float("aug_lowres_p", 0.0, "simulated low resolution probability (nnU-Net: 0.25)",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_list("aug_lowres_zoom", ["0.5", "1"], "simulated low resolution: grid zoom range, within (0, 1]")
@@ -158,6 +160,7 @@ def build_config(data_dir: str):
             noise_std=FLAGS.aug_noise_std, blur_probability=FLAGS.aug_blur_p,
             brightness_contrast_probability=FLAGS.aug_brightness_contrast_p,
             gamma_probability=FLAGS.aug_gamma_p, gamma_inverted_probability=FLAGS.aug_gamma_inverted_p,
+            gamma_retain_stats=FLAGS.aug_gamma_retain_stats,
             lowres_probability=FLAGS.aug_lowres_p, lowres_zoom=lowres_zoom,
             flip_axes=_numbers("aug_flip_axes", int),
             flip_probability=FLAGS.aug_flip_p),

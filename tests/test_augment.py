@@ -208,6 +208,24 @@ def test_gamma_matches_its_formula(rng, invert):
     assert (out.mean() > image.mean()) == invert  # gamma 2 darkens; inverted, it brightens
 
 
+@pytest.mark.parametrize("invert", [False, True])
+def test_gamma_retain_stats_restores_each_samples_mean_and_std(rng, invert):
+    image = (rng.gamma(2.0, size=(2, 5, 6, 7, 1)) * np.array([1.0, 4.0]).reshape(2, 1, 1, 1, 1)
+             + np.array([-3.0, 5.0]).reshape(2, 1, 1, 1, 1)).astype(np.float32)
+    plain = np_(A.RandomGamma(1.0, gamma_range=(2.0, 2.0), invert=invert, seed=0)({"image": image})["image"])
+    kept = np_(A.RandomGamma(1.0, gamma_range=(2.0, 2.0), invert=invert, retain_stats=True,
+                             seed=0)({"image": image})["image"])
+    axes = (1, 2, 3, 4)
+    # the gamma-transformed sample, shifted and scaled by numpy to the input's moments
+    expected = ((plain - plain.mean(axes, keepdims=True)) / plain.std(axes, keepdims=True)
+                * image.std(axes, keepdims=True) + image.mean(axes, keepdims=True))
+    np.testing.assert_allclose(kept, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(kept.mean(axes), image.mean(axes), atol=1e-4)
+    np.testing.assert_allclose(kept.std(axes), image.std(axes), rtol=1e-4)
+    assert np.abs(plain.mean(axes) - image.mean(axes)).min() > 0.1  # without it the mean moves
+    assert np.abs(kept - image).max() > 0.1  # and the shape of the histogram still changes
+
+
 def _lowres_brute_force(volume, zoom):
     """Nearest-neighbour down to round(zoom * n) cells per axis, an explicit coarse array,
     then trilinear back up voxel by voxel with the coarse edges held constant."""
@@ -261,7 +279,8 @@ def _full_config():
     return A.AugmentConfig(histogram_probability=0.5, elastic_probability=0.5, elastic_sigma=2.0,
                            affine_probability=0.5, noise_probability=0.5, blur_probability=0.5,
                            brightness_contrast_probability=0.5, gamma_probability=0.5,
-                           gamma_inverted_probability=0.5, lowres_probability=0.5, flip_axes=(0, 1, 2))
+                           gamma_inverted_probability=0.5, gamma_retain_stats=True, lowres_probability=0.5,
+                           flip_axes=(0, 1, 2))
 
 
 def test_all_layers_run_in_tf_function_and_tf_data(rng):
@@ -323,7 +342,7 @@ def test_augmentation_runs_under_jax_backend():
         "assert 'tensorflow' not in sys.modules\n"
         "cfg = A.AugmentConfig(histogram_probability=1, elastic_probability=1, elastic_sigma=2,"
         " affine_probability=1, gamma_probability=1, blur_probability=1, lowres_probability=1,"
-        " gamma_inverted_probability=1, flip_axes=(0,))\n"
+        " gamma_inverted_probability=1, gamma_retain_stats=True, flip_axes=(0,))\n"
         "aug = A.build_augmentation(cfg, num_classes=2, seed=0)\n"
         "x = np.random.rand(2, 16, 16, 16, 1).astype('float32')\n"
         "y = (x[..., 0] > 0.5).astype('int32')\n"

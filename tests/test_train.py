@@ -50,7 +50,7 @@ def _weights(path):
 def test_kill_and_resume_gives_identical_weights(tmp_path):
     args = ["--steps=16", "--checkpoint_every=4", "--validation_every=100", "--deterministic",
             "--aug_elastic_p=0.5", "--aug_elastic_sigma=2", "--aug_noise_p=0.5", "--aug_flip_axes=0,1,2",
-            "--aug_lowres_p=0.5", "--aug_gamma_inverted_p=0.5",
+            "--aug_lowres_p=0.5", "--aug_gamma_inverted_p=0.5", "--aug_gamma_retain_stats",
             "--dropout=0.1"]
     cache = tmp_path / "cache"
     whole = run_train(tmp_path / "whole", cache, *args)

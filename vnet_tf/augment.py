@@ -102,6 +102,7 @@ class AugmentConfig:
     gamma_probability: float = 0.0
     gamma_range: Tuple[float, float] = (0.7, 1.5)
     gamma_inverted_probability: float = 0.0
+    gamma_retain_stats: bool = False
     lowres_probability: float = 0.0
     lowres_zoom: Tuple[float, float] = (0.5, 1.0)
     flip_axes: Tuple[int, ...] = ()
@@ -166,9 +167,11 @@ def build_augmentation(config: AugmentConfig, num_classes: int = 2, reference_qu
                                               seed=child_seed(8)))
     if config.gamma_inverted_probability > 0:
         transforms.append(RandomGamma(config.gamma_inverted_probability, config.gamma_range,
-                                      invert=True, seed=child_seed(9)))
+                                      invert=True, retain_stats=config.gamma_retain_stats,
+                                      seed=child_seed(9)))
     if config.gamma_probability > 0:
-        transforms.append(RandomGamma(config.gamma_probability, config.gamma_range, seed=child_seed(6)))
+        transforms.append(RandomGamma(config.gamma_probability, config.gamma_range,
+                                      retain_stats=config.gamma_retain_stats, seed=child_seed(6)))
     if config.flip_probability > 0 and config.flip_axes:
         transforms.append(RandomFlip(config.flip_axes, config.flip_probability, seed=child_seed(7)))
     return Augmentation(transforms, name="augmentation")

@@ -18,6 +18,17 @@ def _sample_values(image):
     return ops.reshape(image, (ops.shape(image)[0], -1))
 
 
+def _match_moments(image, reference):
+    """``image`` shifted and scaled, per sample, to ``reference``'s mean and standard deviation."""
+    shape = (-1, 1, 1, 1, 1)
+    values, target = _sample_values(image), _sample_values(reference)
+    mean = ops.reshape(ops.mean(values, axis=1), shape)
+    std = ops.reshape(ops.std(values, axis=1), shape)
+    target_mean = ops.reshape(ops.mean(target, axis=1), shape)
+    target_std = ops.reshape(ops.std(target, axis=1), shape)
+    return (image - mean) / ops.maximum(std, 1e-7) * target_std + target_mean
+
+
 def landmark_levels(num_landmarks: int, lower: float, upper: float) -> np.ndarray:
     """The quantile levels used as histogram landmarks."""
     return np.linspace(lower, upper, num_landmarks).astype(np.float32)
@@ -119,15 +130,17 @@ class RandomGamma(AugmentationLayer):
     """Gamma on each sample rescaled to [0, 1], then scaled back to its own range.
 
     ``invert=True`` applies it to the inverted intensities, ``1 - (1 - u) ** gamma``
-    (nnU-Net's second gamma transform), which brightens where plain gamma darkens. Unlike
-    nnU-Net's, neither restores the sample's mean and standard deviation afterwards."""
+    (nnU-Net's second gamma transform), which brightens where plain gamma darkens.
+    ``retain_stats=True`` then shifts and scales the result back to the sample's own mean and
+    standard deviation, as nnU-Net's gamma transforms do; the default leaves them changed."""
 
     def __init__(self, probability: float = 0.3, gamma_range=(0.7, 1.5), invert: bool = False,
-                 seed=None, **kwargs):
+                 retain_stats: bool = False, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
         self.probability = check_probability("probability", probability)
         self.gamma_range = check_range("gamma_range", gamma_range, positive=True)
         self.invert = bool(invert)
+        self.retain_stats = bool(retain_stats)
 
     def transform(self, image, label):
         batch = ops.shape(image)[0]
@@ -142,11 +155,14 @@ class RandomGamma(AugmentationLayer):
         else:
             unit = ops.power(unit, gamma)
         out = unit * span + low
+        if self.retain_stats:
+            out = _match_moments(out, image)
         return per_sample(self.coin(batch, self.probability), out, image), label
 
     def get_config(self):
         config = super().get_config()
-        config.update(probability=self.probability, gamma_range=self.gamma_range, invert=self.invert)
+        config.update(probability=self.probability, gamma_range=self.gamma_range, invert=self.invert,
+                      retain_stats=self.retain_stats)
         return config
 
 

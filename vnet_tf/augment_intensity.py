@@ -18,15 +18,16 @@ def _sample_values(image):
     return ops.reshape(image, (ops.shape(image)[0], -1))
 
 
+def _sample_stat(reduce, image):
+    """``reduce`` (``ops.min``, ``ops.mean``, ...) of each sample, shaped (B, 1, 1, 1, 1)."""
+    return ops.reshape(reduce(_sample_values(image), axis=1), (-1, 1, 1, 1, 1))
+
+
 def _match_moments(image, reference):
     """``image`` shifted and scaled, per sample, to ``reference``'s mean and standard deviation."""
-    shape = (-1, 1, 1, 1, 1)
-    values, target = _sample_values(image), _sample_values(reference)
-    mean = ops.reshape(ops.mean(values, axis=1), shape)
-    std = ops.reshape(ops.std(values, axis=1), shape)
-    target_mean = ops.reshape(ops.mean(target, axis=1), shape)
-    target_std = ops.reshape(ops.std(target, axis=1), shape)
-    return (image - mean) / ops.maximum(std, 1e-7) * target_std + target_mean
+    std = ops.maximum(_sample_stat(ops.std, image), 1e-7)
+    return ((image - _sample_stat(ops.mean, image)) / std * _sample_stat(ops.std, reference)
+            + _sample_stat(ops.mean, reference))
 
 
 def landmark_levels(num_landmarks: int, lower: float, upper: float) -> np.ndarray:
@@ -145,8 +146,7 @@ class RandomGamma(AugmentationLayer):
     def transform(self, image, label):
         batch = ops.shape(image)[0]
         shape = (-1, 1, 1, 1, 1)
-        low = ops.reshape(ops.min(_sample_values(image), axis=1), shape)
-        high = ops.reshape(ops.max(_sample_values(image), axis=1), shape)
+        low, high = _sample_stat(ops.min, image), _sample_stat(ops.max, image)
         span = ops.maximum(high - low, 1e-7)
         gamma = ops.reshape(self.uniform((batch,), *self.gamma_range), shape)
         unit = (image - low) / span
@@ -183,7 +183,7 @@ class RandomBrightnessContrast(AugmentationLayer):
         bright = ops.reshape(self.uniform((batch,), *self.brightness_range), shape)
         contrast = ops.reshape(self.uniform((batch,), *self.contrast_range), shape)
         out = image * bright
-        mean = ops.reshape(ops.mean(_sample_values(out), axis=1), shape)
+        mean = _sample_stat(ops.mean, out)
         out = mean + (out - mean) * contrast
         return per_sample(self.coin(batch, self.probability), out, image), label
 

@@ -25,6 +25,7 @@ import SimpleITK as sitk
 
 from vnet_tf.cases import Case
 from vnet_tf.io import PathLike, read_image
+from vnet_tf.npz import load_npz
 from vnet_tf.preprocess import PreprocessConfig, PreprocessRecord, preprocess_case
 
 
@@ -60,8 +61,8 @@ def read_case(case: Case) -> Tuple[List[sitk.Image], Optional[sitk.Image]]:
 
 def _is_fresh(path: pathlib.Path, fingerprint: str) -> bool:
     try:
-        with np.load(path) as data:
-            return str(data["source"]) == fingerprint
+        data = load_npz(path, ["source"])
+        return str(data["source"]) == fingerprint
     except (OSError, KeyError, ValueError):
         return False
 
@@ -121,7 +122,6 @@ def preprocess_dataset(cases: Sequence[Case], config: PreprocessConfig, cache_di
 
 def load_cached_case(path: PathLike) -> CachedCase:
     """Reads one cached case."""
-    with np.load(path) as data:
-        label = data["label"] if "label" in data.files else None
-        return CachedCase(pathlib.Path(path).stem, data["image"], label,
-                          PreprocessRecord.from_json(str(data["record"])))
+    data = load_npz(path)
+    return CachedCase(pathlib.Path(path).stem, data["image"], data.get("label"),
+                      PreprocessRecord.from_json(str(data["record"])))

@@ -18,6 +18,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from vnet_tf.io import PathLike
+from vnet_tf.npz import load_npz
 
 
 def _keyed(groups: Dict[str, list]) -> Dict[str, object]:
@@ -55,8 +56,7 @@ def read_meta(path: PathLike) -> Optional[dict]:
     path = pathlib.Path(path)
     if not path.is_file():
         return None
-    with np.load(path) as data:
-        return json.loads(str(data["__meta__"]))
+    return json.loads(str(load_npz(path, ["__meta__"])["__meta__"]))
 
 
 def restore_checkpoint(path: PathLike, groups: Dict[str, list], only_groups: bool = False) -> Tuple[dict, int]:
@@ -70,11 +70,10 @@ def restore_checkpoint(path: PathLike, groups: Dict[str, list], only_groups: boo
     """
     path = pathlib.Path(path)
     keyed = _keyed(groups)
-    with np.load(path) as data:
-        # Keys are "group/index"; files of the first version appended "/name": dropped.
-        stored = {"/".join(k.split("/")[:2]): data[k] for k in data.files if k != "__meta__"
-                  and (not only_groups or k.split("/")[0] in groups)}
-        meta = json.loads(str(data["__meta__"]))
+    data = load_npz(path, lambda k: k == "__meta__" or not only_groups or k.split("/")[0] in groups)
+    meta = json.loads(str(data.pop("__meta__")))
+    # Keys are "group/index"; files of the first version appended "/name": dropped.
+    stored = {"/".join(k.split("/")[:2]): value for k, value in data.items()}
     missing = sorted(set(keyed) - set(stored))
     unused = sorted(set(stored) - set(keyed))
     if missing or unused:

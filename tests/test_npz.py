@@ -2,7 +2,6 @@ import concurrent.futures
 import gc
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -87,7 +86,5 @@ def test_cached_cases_load_from_many_threads_without_the_ast_race(tmp_path):
         pytest.skip(f"Python {sys.version.split()[0]}: np.load from several threads did not hit "
                     "the AST recursion-depth race in 3 s, so there is nothing to guard against here")
     assert "recursion depth mismatch" in plain
-    start = time.monotonic()
     assert _hammer(lambda: load_npz(path), seconds=2) is None
     assert _hammer(lambda: load_cached_case(path), seconds=1) is None
-    assert time.monotonic() - start >= 2.9  # the stress ran its full time without an error

@@ -29,8 +29,7 @@ def load_npz(path: PathLike,
     that it holds (a key it lacks is left out, so callers can test for optional arrays), or,
     where ``keys`` is a function, those whose name it accepts. Only the chosen arrays are read.
     Reads under a lock shared by every thread of the process (see the module docstring);
-    errors are numpy's (``OSError`` for a missing or unreadable file, ``ValueError`` for one
-    that is not an ``.npz``)."""
+    errors are numpy's own (``OSError`` for a missing or unreadable file)."""
     with _READ_LOCK:
         with np.load(path) as data:
             if keys is None:

@@ -4,23 +4,23 @@
     python evaluate.py --predictions_dir=PRED --data_dir=DATA --output_dir=OUT   # score files
     python evaluate.py --model=RUN_A,RUN_B --data_dir=DATA --output_dir=OUT      # an ensemble
 
---model is a training workdir (its best.keras and config.json: preprocessing and
-sliding-window settings as at training; --overlap, --mirror_axes and --postprocess
-override them). Several comma-separated --model folders are an ensemble: their probabilities
-are averaged per window (vnet_tf.ensemble). Writes OUT/predictions/, metrics.csv, summary.json and figures/. Exits
+--model is a training workdir (config.json and the weights of best.npz / checkpoint.npz:
+preprocessing and sliding-window settings as at training; --overlap, --mirror_axes and
+--postprocess override them) or an exported SavedModel version folder, which runs the same
+inference graph (vnet_tf.inference). Several comma-separated --model workdirs are an
+ensemble: their probabilities are averaged per window (vnet_tf.ensemble). Writes OUT/predictions/, metrics.csv, summary.json and figures/. Exits
 non-zero, saying how many, when a case failed.
 """
 
 import vnet_tf  # noqa: F401  (first: turns oneDNN on before TensorFlow loads)
 
-import dataclasses
 import pathlib
 import sys
 
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("model", [], "a training workdir (config.json + best.keras / model.keras), or an "
+flags.DEFINE_list("model", [], "a training workdir (config.json + best.npz / checkpoint.npz), or an "
                   "exported SavedModel version folder (EXPORT_BASE/N); several, comma-separated, are scored as "
                   "an ensemble (probabilities averaged; equal preprocessing, patch size and classes needed)")
 flags.DEFINE_enum("which", "best", ["best", "final", "final_raw"], "which model of the workdir (final_raw: a run "
@@ -37,36 +37,6 @@ flags.DEFINE_list("mirror_axes", None, "test-time mirroring axes 0=z,1=y,2=x (de
 flags.DEFINE_enum("postprocess", None, ["none", "largest", "min_size"], "post-processing (default: the run's)")
 flags.DEFINE_integer("window_batch", None, "windows per forward pass", lower_bound=1)
 flags.DEFINE_bool("figures", True, "write PNG figures")
-
-
-def _load_models(paths, which):
-    """``(predictor, preprocess, inference, runs)`` for one model or an ensemble of several."""
-    from vnet_tf.ensemble import Member, check_members, ensemble_predictor  # pylint: disable=import-outside-toplevel
-    from vnet_tf.inference import keras_predictor  # pylint: disable=import-outside-toplevel
-    from vnet_tf.training import load_run, run_configs  # pylint: disable=import-outside-toplevel
-    predictors, members, runs = [], [], []
-    for path in paths:
-        try:
-            if (pathlib.Path(path) / "saved_model.pb").is_file():
-                from vnet_tf.exporter import load_exported  # pylint: disable=import-outside-toplevel
-                predict, run = load_exported(path)
-            else:
-                model, run = load_run(path, which)
-                predict = keras_predictor(model)
-        except (FileNotFoundError, ValueError) as err:
-            raise app.UsageError(f"--model {path}: {err}") from err
-        preprocess, inference = run_configs(run)
-        predictors.append(predict)
-        members.append(Member(path, preprocess, inference, run["num_classes"]))
-        runs.append(run)
-    try:
-        differing = check_members(members)
-    except ValueError as err:
-        raise app.UsageError(f"--model: {err}") from err
-    if differing:
-        print(f"note: the ensemble's models differ in {', '.join(differing)}; using those of {paths[0]} "
-              f"(flags such as --mirror_axes override them)", file=sys.stderr)
-    return ensemble_predictor(predictors), members[0].preprocess, members[0].inference, runs
 
 
 def main(argv):
@@ -105,8 +75,6 @@ def main(argv):
                 "predictions_dir": FLAGS.predictions_dir or None}
     kwargs = {}
     if FLAGS.model:
-        predict, preprocess, inference, runs = _load_models(FLAGS.model, FLAGS.which)
-        run = runs[0]
         overrides = {}
         if FLAGS.overlap is not None:
             overrides["overlap"] = FLAGS.overlap
@@ -120,10 +88,13 @@ def main(argv):
             overrides["postprocess"] = FLAGS.postprocess
         if FLAGS.window_batch is not None:
             overrides["batch_size"] = FLAGS.window_batch
+        from vnet_tf.loading import load_segment  # pylint: disable=import-outside-toplevel
         try:
-            inference = dataclasses.replace(inference, **overrides).validate()
-        except ValueError as err:
-            raise app.UsageError(f"invalid flag value: {err}") from err
+            loaded = load_segment(FLAGS.model, FLAGS.which, overrides)
+        except (FileNotFoundError, ValueError) as err:
+            raise app.UsageError(f"--model: {err}") from err
+        segment, preprocess, inference, runs = loaded.segment, loaded.preprocess, loaded.inference, loaded.runs
+        run = runs[0]
         labels = list(range(1, run["num_classes"]))
         from vnet_tf.ensemble import training_cases  # pylint: disable=import-outside-toplevel
         seen = trained_on({"train_cases": training_cases(runs)}, cases)
@@ -133,7 +104,7 @@ def main(argv):
                   file=sys.stderr)
         settings.update(preprocess=preprocess.to_dict(), inference=inference.to_dict(),
                         training_cases_evaluated=len(seen))
-        kwargs = dict(predictor=predict, preprocess=preprocess, inference=inference)
+        kwargs = dict(segment=segment, preprocess=preprocess, inference=inference)
     else:
         labels = sorted(k for k in (dataset.labels or {}) if k > 0) or [1]
         kwargs = dict(predictions_dir=FLAGS.predictions_dir)

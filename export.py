@@ -4,8 +4,9 @@
     python export.py --workdir=runs/fold0,runs/fold1,... --export_base=...   # one ensemble
 
 Writes EXPORT_BASE/<version>/ (the next free integer by default) atomically, with the
-signatures `serving_default` (raw volume + spacing -> labels, probabilities) and
-`predict_patch`, and a warm-up request in assets.extra/. See README, "Deploying".
+signatures `serving_default` (the scan's volume + spacing + direction -> labels),
+`predict_probabilities` and `predict_patch`, and a warm-up request in assets.extra/. See
+README, "Serving".
 """
 
 import vnet_tf  # noqa: F401  (first: turns oneDNN on before TensorFlow loads)
@@ -15,6 +16,8 @@ import sys
 
 from absl import app, flags
 
+from vnet_tf.inference import DEFAULT_MAX_VOXELS
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", [], "the training workdir to export; several, comma-separated, export as one "
                   "ensemble (probabilities averaged; equal preprocessing, patch size and classes needed)")
@@ -23,6 +26,9 @@ flags.DEFINE_integer("version", None, "version folder number (default: the next 
 flags.DEFINE_enum("which", "best", ["best", "final"], "best validation checkpoint or the latest one")
 flags.DEFINE_list("mirror_axes", None, "override the run's test-time mirroring axes ('none' = off)")
 flags.DEFINE_float("overlap", None, "override the run's sliding-window overlap", lower_bound=0.0, upper_bound=0.95)
+flags.DEFINE_integer("max_voxels", DEFAULT_MAX_VOXELS, "the largest volume (voxels at the run's spacing) one request may "
+                     "segment; larger requests are refused with INVALID_ARGUMENT instead of running out of memory",
+                     lower_bound=1)
 
 
 def main(argv):
@@ -46,7 +52,8 @@ def main(argv):
     from vnet_tf.exporter import export_run  # pylint: disable=import-outside-toplevel
     try:
         target = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.which, overrides,
-                            warn=lambda message: print(f"note: {message}", file=sys.stderr))
+                            warn=lambda message: print(f"note: {message}", file=sys.stderr),
+                            max_voxels=FLAGS.max_voxels)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         raise app.UsageError(str(err)) from err
     print(f"exported {','.join(FLAGS.workdir)} ({FLAGS.which}) to {target.resolve()}")

@@ -2,13 +2,14 @@
 
     python bench/bench_inference.py --workdir=runs/hippocampus --data_dir=../shared/data/Task04_Hippocampus
 
-1. Library inference (``vnet_tf.inference.predict_case``) seconds per hippocampus case, with
+1. Library inference (``vnet_tf.segmentation.predict_case`` over the inference graph) seconds per hippocampus case, with
    the run's settings, without and with test-time mirroring over all three axes.
 2. The paper V-Net (random weights; speed only) on a 128x128x64 volume: one 64x128x128
    window, seconds per volume.
 3. The run exported as a SavedModel: size on disk, load time in a fresh process, and
    ``serving_default`` latency on a hippocampus case and on a 128x128x64 volume, against the
-   library's inference on the same inputs (same settings).
+   library's inference on the same inputs (the same graph, so the ratio shows the cost of
+   serving it from a SavedModel).
 
 Prints Markdown tables of medians (min-max).
 """
@@ -36,11 +37,13 @@ import SimpleITK as sitk  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from vnet_tf.cases import find_cases, fold_of  # noqa: E402
-from vnet_tf.exporter import export_run, restore_model  # noqa: E402
-from vnet_tf.inference import InferenceConfig, keras_predictor, predict_case, sliding_window  # noqa: E402
+from vnet_tf.exporter import export_run  # noqa: E402
+from vnet_tf.inference import InferenceConfig, Segmenter  # noqa: E402
 from vnet_tf.io import read_image  # noqa: E402
+from vnet_tf.loading import load_segment  # noqa: E402
 from vnet_tf.model import build_vnet  # noqa: E402
-from vnet_tf.training import run_configs  # noqa: E402
+from vnet_tf.preprocess import PreprocessConfig  # noqa: E402
+from vnet_tf.segmentation import predict_case  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -65,17 +68,16 @@ def main():
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; TensorFlow {tf.__version__}, Keras {keras.__version__}\n")
 
-    model, run = restore_model(args.workdir)
-    preprocess, inference = run_configs(run)
-    predictor = keras_predictor(model)
+    inference = load_segment([args.workdir]).inference
     cases = [c for c in find_cases(args.data_dir).cases if fold_of(c.case_id, 5) == 0][: args.cases]
     images = [[read_image(p) for p in c.images] for c in cases]
     plain = dataclasses.replace(inference, mirror_axes=(), postprocess="none")
     mirrored = dataclasses.replace(inference, mirror_axes=(0, 1, 2), postprocess="none")
-    predict_case(images[0], predictor, preprocess, plain)  # warm-up (tracing)
     rows = []
     for name, cfg in (("no mirroring", plain), ("mirroring over z, y, x (8 passes)", mirrored)):
-        per_case = [t for imgs in images for t in timed(lambda i=imgs: predict_case(i, predictor, preprocess, cfg), 1)]
+        segment = load_segment([args.workdir], overrides={"mirror_axes": cfg.mirror_axes, "postprocess": "none"}).segment
+        predict_case(images[0], segment)  # warm-up (tracing)
+        per_case = [t for imgs in images for t in timed(lambda i=imgs: predict_case(i, segment), 1)]
         rows.append((name, per_case))
     print(f"### Library inference, hippocampus run ({len(cases)} fold-0 cases, patch {inference.patch_size_zyx}, "
           f"overlap {inference.overlap})\n")
@@ -86,9 +88,9 @@ def main():
     paper = build_vnet()
     volume = np.random.default_rng(0).normal(size=(64, 128, 128, 1)).astype(np.float32)
     paper_cfg = InferenceConfig(patch_size_zyx=(64, 128, 128), batch_size=1)
-    paper_predict = keras_predictor(paper)
-    sliding_window(volume, paper_predict, paper_cfg)
-    paper_times = timed(lambda: sliding_window(volume, paper_predict, paper_cfg), args.repeats)
+    paper_window = Segmenter(paper, PreprocessConfig(), paper_cfg, 1, 2).sliding_window
+    paper_window(tf.constant(volume))
+    paper_times = timed(lambda: paper_window(tf.constant(volume)).numpy(), args.repeats)
     print("\n### Paper V-Net (5^3, width 16, depth 5), 128x128x64 volume, one window\n")
     print(f"| seconds per volume | {fmt(paper_times)} |\n|---|---|")
 
@@ -99,7 +101,9 @@ def main():
         export_s = time.perf_counter() - start
         size = sum(p.stat().st_size for p in version.rglob("*") if p.is_file())
         variables = sum(p.stat().st_size for p in (version / "variables").iterdir())
-        case_volume = sitk.GetArrayFromImage(sitk.DICOMOrient(images[0][0], "LPS")).astype(np.float32)
+        case_volume = sitk.GetArrayFromImage(images[0][0]).astype(np.float32)
+        case_spacing = list(images[0][0].GetSpacing()[::-1])
+        case_direction = list(images[0][0].GetDirection())
         big = (100 + 20 * np.random.default_rng(1).normal(size=(64, 128, 128))).astype(np.float32)
         np.save(pathlib.Path(tmp) / "case.npy", case_volume)
         np.save(pathlib.Path(tmp) / "big.npy", big)
@@ -113,10 +117,11 @@ def main():
             "print('import', t1 - t0, 'load', t2 - t1)\n"
             f"for name in ('case', 'big'):\n"
             f"    v = tf.constant(np.load({tmp!r} + '/' + name + '.npy'))\n"
-            "    f(volume=v, spacing=tf.zeros((0,)))\n"
+            f"    g = dict(spacing=tf.constant({case_spacing!r}), direction=tf.constant({case_direction!r}))\n"
+            "    f(volume=v, **g)\n"
             "    ts = []\n"
             f"    for _ in range({args.repeats}):\n"
-            "        s = time.perf_counter(); f(volume=v, spacing=tf.zeros((0,)))['labels'].numpy(); ts.append(time.perf_counter() - s)\n"
+            "        s = time.perf_counter(); f(volume=v, **g)['labels'].numpy(); ts.append(time.perf_counter() - s)\n"
             "    print(name, ' '.join(str(t) for t in ts))\n")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
         if out.returncode:
@@ -126,11 +131,13 @@ def main():
         load_s = float(lines["import"].split()[2])
         serve = {k: [float(t) for t in lines[k].split()] for k in ("case", "big")}
         lib = {}
+        segment = load_segment([args.workdir], overrides=served).segment
         for name, vol in (("case", case_volume), ("big", big)):
             image = sitk.GetImageFromArray(vol)
-            same = dataclasses.replace(inference, **served)
-            predict_case([image], predictor, preprocess, same)  # warm-up
-            lib[name] = timed(lambda im=image, cfg=same: predict_case([im], predictor, preprocess, cfg), args.repeats)
+            if name == "case":
+                image.CopyInformation(images[0][0])
+            predict_case([image], segment)  # warm-up
+            lib[name] = timed(lambda im=image: predict_case([im], segment), args.repeats)
     print(f"\n### SavedModel of the hippocampus run (no mirroring, overlap {inference.overlap}, patch {inference.patch_size_zyx})\n")
     print(f"size {size / 2**20:.1f} MiB (variables {variables / 2**20:.1f} MiB), export {export_s:.1f} s, "
           f"load {load_s:.2f} s in a fresh process\n")

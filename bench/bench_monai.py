@@ -132,12 +132,13 @@ def ours_worker(args) -> dict:
     model = ours_model(args.worker)
     result = {"onednn": onednn_enabled(), "params": model.count_params(), "matmul_gflops": matmul_gflops}
     if args.mode == "infer":
-        from vnet_tf.inference import InferenceConfig, keras_predictor, sliding_window  # pylint: disable=import-outside-toplevel
+        from vnet_tf.inference import InferenceConfig, Segmenter  # pylint: disable=import-outside-toplevel
+        from vnet_tf.preprocess import PreprocessConfig  # pylint: disable=import-outside-toplevel
         config = InferenceConfig(patch_size_zyx=tuple(args.roi), overlap=0.5, batch_size=args.sw_batch)
         volumes = hippocampus_volumes(args.cases + 1, args.roi if args.crop_cases else None)
-        predictor = keras_predictor(model)
-        sliding_window(volumes[0][..., None], predictor, config)  # warm-up case
-        result["case_seconds"] = [timed(lambda v=v: sliding_window(v[..., None], predictor, config), 0, 1)[0]
+        window = Segmenter(model, PreprocessConfig(), config, 1, model.output_shape[-1]).sliding_window
+        window(tf.constant(volumes[0][..., None], tf.float32))  # warm-up case
+        result["case_seconds"] = [timed(lambda v=v: window(tf.constant(v[..., None], tf.float32)).numpy(), 0, 1)[0]
                                   for v in volumes[1:]]
         return result
 

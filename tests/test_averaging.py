@@ -67,7 +67,7 @@ def _checkpoint_arrays(path, group):
 
 
 def test_a_run_saves_the_average_validates_with_it_and_resumes_it(tmp_path):
-    from vnet_tf.exporter import restore_model
+    from vnet_tf.workdir import restore_model
     from vnet_tf.training import load_run
     args = ["--steps=6", "--weight_average=0.9", "--validation_every=6", "--checkpoint_every=3",
             "--deterministic"]

@@ -1,53 +1,54 @@
-"""Ensembles: the averaged predictor against numpy, and the checks on the members."""
+"""Ensembles: the averaged model against numpy, through the inference graph, and the checks on
+the members."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from vnet_tf.ensemble import Member, check_members, ensemble_predictor
-from vnet_tf.inference import InferenceConfig, sliding_window
+from vnet_tf.ensemble import MeanOfModels, Member, check_members
+from vnet_tf.inference import InferenceConfig, Segmenter
 from vnet_tf.preprocess import PreprocessConfig
 
 
-def _softmax_predictor(weights):
+class _SoftmaxOfLinear:
     """A per-voxel softmax over a fixed linear map of the channels: each weight matrix is a
     different 'model'."""
-    def predict(batch):
-        logits = batch @ weights
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        return (e / e.sum(-1, keepdims=True)).astype(np.float32)
-    return predict
+    variables = []
+
+    def __init__(self, weights):
+        self.weights = weights
+
+    def __call__(self, batch, training=False):
+        return tf.nn.softmax(tf.einsum("bzyxc,ck->bzyxk", tf.cast(batch, tf.float32), tf.constant(self.weights, tf.float32)))
 
 
 def test_ensemble_is_the_mean_of_the_members_probabilities():
     rng = np.random.default_rng(0)
     batch = rng.normal(size=(2, 4, 5, 6, 2)).astype(np.float32)
-    weights = [rng.normal(size=(2, 3)) for _ in range(3)]
-    members = [_softmax_predictor(w) for w in weights]
-    expected = np.mean([m(batch) for m in members], axis=0)
-    got = ensemble_predictor(members)(batch)
+    members = [_SoftmaxOfLinear(rng.normal(size=(2, 3))) for _ in range(3)]
+    expected = np.mean([np.asarray(m(batch)) for m in members], axis=0)
+    got = np.asarray(MeanOfModels(members)(batch))
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
-    # it is not just one member's output
-    assert all(np.abs(got - m(batch)).max() > 1e-3 for m in members)
+    assert all(np.abs(got - np.asarray(m(batch))).max() > 1e-3 for m in members)  # not just one member
 
 
 def test_ensemble_through_the_sliding_window_equals_averaging_whole_volumes():
     # Tiling is linear in the probabilities, so the ensemble's windows blended must equal the
     # mean of each member's blended volume.
     rng = np.random.default_rng(1)
-    image = rng.normal(size=(20, 18, 22, 2)).astype(np.float32)
-    config = InferenceConfig(patch_size_zyx=(12, 10, 16), overlap=0.5, mirror_axes=(2,)).validate()
-    members = [_softmax_predictor(rng.normal(size=(2, 3))) for _ in range(2)]
-    together = sliding_window(image, ensemble_predictor(members), config)
-    apart = np.mean([sliding_window(image, m, config) for m in members], axis=0)
+    image = tf.constant(rng.normal(size=(20, 18, 22, 2)).astype(np.float32))
+    config = InferenceConfig(patch_size_zyx=(12, 10, 16), overlap=0.5, mirror_axes=(2,))
+    members = [_SoftmaxOfLinear(rng.normal(size=(2, 3))) for _ in range(2)]
+    window = lambda model: Segmenter(model, PreprocessConfig(), config, 2, 3).sliding_window(image).numpy()  # noqa: E731
+    together = window(MeanOfModels(members))
+    apart = np.mean([window(m) for m in members], axis=0)
     np.testing.assert_allclose(together, apart, rtol=1e-5, atol=1e-6)
 
 
-def test_one_member_is_passed_through_and_none_is_refused():
-    member = _softmax_predictor(np.eye(2))
-    assert ensemble_predictor([member]) is member
+def test_no_member_is_refused():
     with pytest.raises(ValueError, match="at least one"):
-        ensemble_predictor([])
+        MeanOfModels([])
     with pytest.raises(ValueError, match="at least one"):
         check_members([])
 

@@ -1,4 +1,6 @@
-"""Ensembles of trained models: several runs' probabilities averaged per window.
+"""Ensembles of trained models: several runs' probabilities averaged per window, inside the
+inference graph (:class:`MeanOfModels` stands in for one model in
+:class:`vnet_tf.inference.Segmenter`).
 
 The members must see the same input and produce the same classes: equal preprocessing,
 patch size and number of classes (checked by :func:`check_members`). Averaging the softmax
@@ -11,9 +13,8 @@ import dataclasses
 from typing import List, Sequence
 
 import keras
-import numpy as np
 
-from vnet_tf.inference import InferenceConfig, Predictor
+from vnet_tf.inference import InferenceConfig
 from vnet_tf.preprocess import PreprocessConfig
 
 
@@ -55,27 +56,10 @@ def training_cases(runs: Sequence[dict]) -> List[str]:
     return list(dict.fromkeys(c for run in runs for c in run.get("train_cases") or ()))
 
 
-def ensemble_predictor(predictors: Sequence[Predictor]) -> Predictor:
-    """A predictor returning the mean of ``predictors``' probabilities for the same windows."""
-    predictors = list(predictors)
-    if not predictors:
-        raise ValueError("an ensemble needs at least one predictor")
-    if len(predictors) == 1:
-        return predictors[0]
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        total = None
-        for predictor in predictors:
-            out = np.asarray(predictor(batch), dtype=np.float32)
-            total = out.copy() if total is None else total + out
-        return total / len(predictors)
-    return predict
-
-
 class MeanOfModels:
     """Keras models called on the same input, their outputs averaged in float32: an ensemble
-    that :class:`vnet_tf.serving.VNetServing` exports as one model (it needs only a call and
-    ``variables``)."""
+    that :class:`vnet_tf.inference.Segmenter` runs, and exports, as one model (it needs only
+    a call and ``variables``)."""
 
     def __init__(self, models):
         self.models = list(models)

@@ -25,10 +25,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from vnet_tf.cases import Case
-from vnet_tf.inference import InferenceConfig, Predictor, predict_case
+from vnet_tf.inference import InferenceConfig
 from vnet_tf.io import PathLike, read_image, read_volume, volume_suffix, write_volume
 from vnet_tf.metrics import METRICS, case_metrics, summarize
 from vnet_tf.preprocess import PreprocessConfig
+from vnet_tf.segmentation import SegmentFunction, predict_case
 
 CSV_FIELDS = ("case_id", "label") + METRICS + ("distances_missing",)
 
@@ -59,15 +60,15 @@ def _progress(done: int, total: int, started: float, text: str) -> None:
 
 
 def evaluate_cases(cases: Sequence[Case], output_dir: PathLike, labels: Sequence[int],
-                   predictor: Optional[Predictor] = None, preprocess: Optional[PreprocessConfig] = None,
+                   segment: Optional[SegmentFunction] = None, preprocess: Optional[PreprocessConfig] = None,
                    inference: Optional[InferenceConfig] = None, predictions_dir: Optional[PathLike] = None,
                    settings: Optional[dict] = None, figures: bool = True,
                    progress: Callable[[int, int, float, str], None] = _progress) -> dict:
-    """Segments (with ``predictor``) or reads (from ``predictions_dir``) every case, scores
+    """Segments (with ``segment``, the inference graph) or reads (from ``predictions_dir``) every case, scores
     it against its label for ``labels`` (foreground label values) and writes the report.
     Returns the summary (also written to ``summary.json``)."""
-    if (predictor is None) == (predictions_dir is None):
-        raise ValueError("give either a predictor (a model) or predictions_dir, not both or neither")
+    if (segment is None) == (predictions_dir is None):
+        raise ValueError("give either segment (a model) or predictions_dir, not both or neither")
     out = pathlib.Path(output_dir)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     records, failed, timings = [], [], []
@@ -79,10 +80,11 @@ def evaluate_cases(cases: Sequence[Case], output_dir: PathLike, labels: Sequence
             reference, ref_geometry = read_volume(case.label)
             t0 = time.perf_counter()
             scan = None
-            if predictor is not None:
+            if segment is not None:
                 images = [read_image(p) for p in case.images]
                 scan = images[0]
-                prediction = predict_case(images, predictor, preprocess, inference)
+                prediction = predict_case(images, segment, inference.postprocess, inference.min_size, preprocess.n4,
+                                          names=tuple(str(p) for p in case.images))
                 label, geometry = prediction.label, prediction.geometry
                 timings.append(time.perf_counter() - t0)
                 target = out / "predictions" / f"{case.case_id}{volume_suffix(case.images[0])}"

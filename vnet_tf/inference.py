@@ -1,28 +1,37 @@
-"""Whole-volume inference: Gaussian-blended sliding window, test-time mirroring,
-post-processing, and the way back to the scan's own grid.
+"""Whole-volume inference, written once as a TensorFlow graph.
 
-:func:`sliding_window` works on any predictor ``f(patches (n, pz, py, px, C)) ->
-probabilities (n, pz, py, px, K)`` (a Keras model, a SavedModel signature, a test
-double). Memory beyond the output arrays is bounded by ``batch_size`` windows.
+:class:`Segmenter` takes a scan's array as it was read (any orientation, any spacing) and
+returns its label map on the same grid. Inside, in this order: reorientation to the run's
+orientation, resampling to the run's spacing, the intensity normalisation of training, the
+centre crop where the run used one, the Gaussian-blended sliding window with test-time
+mirroring (the mean over an ensemble's models when the model is one), the argmax, and the
+way back to the scan's grid. The same functions serve ``evaluate.py`` (called from a
+workdir, or loaded from an export), training-time validation (:meth:`Segmenter.sliding_window`
+on cached, preprocessed cases) and the exported SavedModel (:mod:`vnet_tf.serving`), so what
+is served is what was evaluated.
+
+Invalid inputs fail with ``tf.errors.InvalidArgumentError`` and a message naming the input,
+what was expected and what was found (README, "Serving": the list).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
-import keras
 import numpy as np
-import SimpleITK as sitk
+import tensorflow as tf
 
-from vnet_tf.io import Geometry
-from vnet_tf.preprocess import PreprocessConfig, preprocess_case, restore_label
+from vnet_tf import volume_ops
+from vnet_tf.preprocess import PreprocessConfig
+from vnet_tf.segmentation import POSTPROCESS_MODES as POSTPROCESS
 
 BLENDS = ("gaussian", "constant")
-POSTPROCESS = ("none", "largest", "min_size")
-
-Predictor = Callable[[np.ndarray], np.ndarray]
+# The largest resampled volume one call may segment (about 5 GB of peak memory for three
+# classes; BENCHMARKS.md, "Serving memory"), and the smallest axis it accepts.
+DEFAULT_MAX_VOXELS = 48 * 1024 * 1024
+MIN_AXIS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +43,8 @@ class InferenceConfig:
     ``mirror_axes``: spatial axes (0 = z, 1 = y, 2 = x) to mirror over for test-time
     augmentation; every subset is predicted and the probabilities averaged (2^n passes).
     ``postprocess``: ``"largest"`` keeps each class's largest connected component;
-    ``"min_size"`` removes components smaller than ``min_size`` voxels.
+    ``"min_size"`` removes components smaller than ``min_size`` voxels (on the host, after
+    the graph: :mod:`vnet_tf.segmentation`).
     """
 
     patch_size_zyx: Tuple[int, int, int] = (32, 32, 32)
@@ -97,124 +107,217 @@ def gaussian_weights(patch: Sequence[int], sigma_scale: float = 0.125) -> np.nda
     return weights.astype(np.float32)
 
 
-def window_starts(size: int, patch: int, overlap: float) -> List[int]:
-    """Start positions covering ``[0, size)`` with windows of ``patch`` (``size >= patch``),
-    spaced at most ``patch * (1 - overlap)`` apart and spread evenly, first at 0 and last
-    at ``size - patch``."""
-    if size <= patch:
-        return [0]
+def window_starts(size, patch: int, overlap: float):
+    """Start positions (int32 tensor) covering ``[0, size)`` with windows of ``patch``
+    (``size >= patch``): spaced at most ``patch * (1 - overlap)`` apart and spread evenly,
+    first at 0 and last at ``size - patch``, in integer arithmetic (no duplicates)."""
+    span = tf.maximum(tf.convert_to_tensor(size, tf.int32) - patch, 0)
     step = max(1, int(patch * (1.0 - overlap)))
-    count = int(np.ceil((size - patch) / step)) + 1
-    return sorted({int(round(v)) for v in np.linspace(0, size - patch, count)})
+    gaps = tf.maximum((span + step - 1) // step, 1)
+    index = tf.range(gaps + 1)
+    starts = (index * span + gaps // 2) // gaps
+    return tf.cond(span > 0, lambda: starts, lambda: tf.zeros([1], tf.int32))
 
 
-def _mirrored_predict(predictor: Predictor, batch: np.ndarray, mirror_axes: Sequence[int]) -> np.ndarray:
-    subsets = [()] + [c for r in range(1, len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
-    total = None
-    for axes in subsets:
-        flip = tuple(a + 1 for a in axes)
-        x = np.flip(batch, flip) if flip else batch
-        y = np.asarray(predictor(np.ascontiguousarray(x)), dtype=np.float32)
-        y = np.flip(y, flip) if flip else y
-        total = y if total is None else total + y
-    return total / len(subsets)
+def _fixed_length(values, n: int, fill: float):
+    """``values`` cut or padded with ``fill`` to ``n`` entries."""
+    return tf.pad(values, [[0, tf.maximum(n - tf.size(values), 0)]], constant_values=fill)[:n]
 
 
-def sliding_window(image: np.ndarray, predictor: Predictor, config: InferenceConfig) -> np.ndarray:
-    """Class probabilities ``(z, y, x, K)`` of a whole ``(z, y, x, C)`` volume.
+class _Untracked:
+    """A plain holder: tf.Module does not look inside it (the model's variables are tracked
+    once, as a list, by the module)."""
 
-    The volume is zero-padded (centred) where smaller than the patch; windows are predicted
-    ``config.batch_size`` at a time, weighted by the Gaussian (or constant) importance map,
-    summed, and divided by the summed weights.
+    def __init__(self, model):
+        self.model = model
+
+
+class Segmenter(tf.Module):
+    """The whole-volume inference of one model (or an ensemble: any callable
+    ``model(patches, training=False)`` with ``variables``) with a run's settings.
+
+    - :meth:`segment` (a ``tf.function``): ``volume`` float32 ``(D, H, W, C)`` as read,
+      ``spacing`` ``[3]`` (mm, z-y-x), ``direction`` ``[9]`` (SimpleITK's) -> ``labels`` int32
+      ``(D, H, W)`` and ``probabilities`` float32 ``(D, H, W, K)`` on the input's grid.
+    - :meth:`segment_labels`: the same without the probabilities (less memory).
+    - :meth:`sliding_window`: a preprocessed ``(D, H, W, C)`` volume -> probabilities.
+    - :meth:`preprocess_volume`: the network's input for a volume as :meth:`segment` makes it.
+    - :meth:`predict_patch`: ``(N, pz, py, px, C)`` preprocessed patches -> probabilities.
     """
-    config.validate()
-    if image.ndim != 4:
-        raise ValueError(f"image must be (z, y, x, channels), got shape {image.shape}")
-    patch = np.array(config.patch_size_zyx)
-    size = np.array(image.shape[:3])
-    padded_size = np.maximum(size, patch)
-    before = (padded_size - size) // 2
-    pad = [(int(b), int(p - s - b)) for b, p, s in zip(before, padded_size, size)] + [(0, 0)]
-    volume = np.pad(image.astype(np.float32, copy=False), pad) if np.any(padded_size > size) else image
-    weights = (gaussian_weights(patch, config.sigma_scale) if config.blend == "gaussian"
-               else np.ones(tuple(patch), np.float32))
-    starts = list(itertools.product(*[window_starts(int(s), int(p), config.overlap)
-                                      for s, p in zip(padded_size, patch)]))
-    accum = None
-    norm = np.zeros(tuple(padded_size), np.float32)
-    for first in range(0, len(starts), config.batch_size):
-        chunk = starts[first:first + config.batch_size]
-        batch = np.stack([volume[z:z + patch[0], y:y + patch[1], x:x + patch[2]] for z, y, x in chunk])
-        probabilities = _mirrored_predict(predictor, batch, config.mirror_axes)
-        if probabilities.shape[:4] != batch.shape[:4]:
-            raise ValueError(f"the predictor returned shape {probabilities.shape} for windows of shape {batch.shape}")
-        if accum is None:
-            accum = np.zeros(tuple(padded_size) + (probabilities.shape[-1],), np.float32)
-        for (z, y, x), prob in zip(chunk, probabilities):
-            accum[z:z + patch[0], y:y + patch[1], x:x + patch[2]] += prob * weights[..., None]
-            norm[z:z + patch[0], y:y + patch[1], x:x + patch[2]] += weights
-    accum /= norm[..., None]
-    crop = tuple(slice(int(b), int(b + s)) for b, s in zip(before, size))
-    return accum[crop]
 
+    def __init__(self, model, preprocess: PreprocessConfig, inference: InferenceConfig, channels: int,
+                 num_classes: int, max_voxels: int = DEFAULT_MAX_VOXELS):
+        super().__init__(name="vnet_segmenter")
+        preprocess, inference = preprocess.validate(), inference.validate()
+        self._holder = _Untracked(model)
+        self.model_variables = [getattr(v, "value", v) for v in getattr(model, "variables", [])]
+        self.channels, self.num_classes = int(channels), int(num_classes)
+        self.preprocess, self.inference = preprocess, inference
+        self.max_voxels = int(max_voxels)
+        self.patch = tuple(int(p) for p in inference.patch_size_zyx)
+        weights = (gaussian_weights(self.patch, inference.sigma_scale) if inference.blend == "gaussian"
+                   else np.ones(self.patch, np.float32))
+        self.window_weights = tf.constant(weights)
+        c, p = self.channels, self.patch
+        volume_spec = tf.TensorSpec([None, None, None, c], tf.float32, name="volume")
+        geometry = [tf.TensorSpec([None], tf.float32, name="spacing"),
+                    tf.TensorSpec([None], tf.float32, name="direction")]
+        self.segment = tf.function(lambda v, s, d: self._segment(v, s, d, True),
+                                   input_signature=[volume_spec, *geometry])
+        self.segment_labels = tf.function(lambda v, s, d: self._segment(v, s, d, False),
+                                          input_signature=[volume_spec, *geometry])
+        self.sliding_window = tf.function(self._sliding_window, input_signature=[volume_spec])
+        self.preprocess_volume = tf.function(lambda v, s, d: self._preprocess(v, s, d)[0],
+                                             input_signature=[volume_spec, *geometry])
+        self.predict_patch = tf.function(self._predict_patch, input_signature=[
+            tf.TensorSpec([None, p[0], p[1], p[2], c], tf.float32, name="patches")])
 
-def postprocess_label(label: np.ndarray, mode: str = "largest", min_size: int = 0) -> np.ndarray:
-    """Per foreground class, keeps the largest connected component (``"largest"``) or the
-    components of at least ``min_size`` voxels (``"min_size"``); removed voxels become 0.
-    Components are face-and-edge-and-corner connected (26-neighbourhood)."""
-    if mode == "none":
-        return label
-    if mode not in POSTPROCESS:
-        raise ValueError(f"postprocess must be one of {POSTPROCESS}, got {mode!r}")
-    out = np.array(label, copy=True)
-    for cls in np.unique(label):
-        if cls == 0:
-            continue
-        mask = sitk.GetImageFromArray((label == cls).astype(np.uint8))
-        components = sitk.RelabelComponent(sitk.ConnectedComponent(mask, True), sortByObjectSize=True)
-        comp = sitk.GetArrayFromImage(components)
-        if mode == "largest":
-            drop = (comp > 1)
-        else:
-            ids, counts = np.unique(comp[comp > 0], return_counts=True)
-            drop = np.isin(comp, ids[counts < min_size])
-        out[drop & (label == cls)] = 0
-    return out
+    # -- windows -------------------------------------------------------------------------
+    def _predict_patch(self, patches):
+        return {"probabilities": tf.cast(self._holder.model(patches, training=False), tf.float32)}
 
+    def _mirrored(self, patches):
+        """The mean of the model's probabilities over every subset of the mirror axes (each
+        flipped in, and back out), one subset per loop step: the model is traced once and
+        holds one window batch at a time."""
+        axes = self.inference.mirror_axes
+        subsets = [()] + [s for r in range(1, len(axes) + 1) for s in itertools.combinations(axes, r)]
+        if len(subsets) == 1:
+            return tf.cast(self._holder.model(patches, training=False), tf.float32)
+        masks = tf.constant([[a in subset for a in range(3)] for subset in subsets])
 
-def keras_predictor(model) -> Predictor:
-    """A predictor over a Keras model (float32 probabilities as numpy).
+        def body(i, total):
+            flip = tf.boolean_mask(tf.constant([1, 2, 3]), masks[i])
+            y = tf.cast(self._holder.model(tf.reverse(patches, flip), training=False), tf.float32)
+            return i + 1, total + tf.reverse(y, flip)
 
-    Under the TensorFlow backend the model call is a ``tf.function`` (traced once per window
-    shape): on the reference CPU that made a window batch 1.6-2.3x faster than calling the
-    model eagerly (BENCHMARKS.md, issue 8). Other backends call the model directly.
-    """
-    def call(batch):
-        return model(batch, training=False)
+        shape = tf.concat([tf.shape(patches)[:4], [self.num_classes]], 0)
+        _, total = tf.while_loop(lambda i, t: i < len(subsets), body, (0, tf.zeros(shape)))
+        return total / float(len(subsets))
 
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-        call = tf.function(call, reduce_retracing=True)
+    def _sliding_window(self, volume):
+        """``(D, H, W, C)`` preprocessed volume -> ``(D, H, W, K)`` probabilities: centred zero
+        padding to the patch, windows ``batch_size`` at a time, each weighted by the
+        importance map, summed in place and divided by the summed weights."""
+        patch = tf.constant(self.patch, tf.int32)
+        size = tf.shape(volume)[:3]
+        padded = tf.maximum(size, patch)
+        before = (padded - size) // 2
+        volume = volume_ops.place_window(volume, -before, padded)
+        axes = [window_starts(padded[i], self.patch[i], self.inference.overlap) for i in range(3)]
+        starts = tf.reshape(tf.stack(tf.meshgrid(*axes, indexing="ij"), axis=-1), (-1, 3))
+        n = tf.shape(starts)[0]
+        bs = self.inference.batch_size
+        chunks = (n + bs - 1) // bs
+        starts = tf.concat([starts, tf.repeat(starts[-1:], chunks * bs - n, axis=0)], axis=0)
+        k_classes = self.num_classes
 
-    def predict(batch):
-        return np.asarray(call(batch), dtype=np.float32)
-    return predict
+        def add(total, start, value, channels):
+            begin = tf.concat([start, [0] * channels], 0)
+            end = tf.concat([start + patch, tf.shape(total)[3:]], 0)
+            current = tf.slice(total, begin, tf.shape(value))
+            return tf.raw_ops.TensorStridedSliceUpdate(input=total, begin=begin, end=end,
+                                                       strides=tf.ones_like(begin), value=current + value)
 
+        def body(k, accum, norm):
+            windows = [starts[k * bs + j] for j in range(bs)]
+            patches = tf.stack([tf.slice(volume, tf.concat([s, [0]], 0), [*self.patch, self.channels])
+                                for s in windows])
+            probabilities = self._mirrored(patches)
+            for j, s in enumerate(windows):
+                w = self.window_weights * tf.cast(k * bs + j < n, tf.float32)
+                accum = add(accum, s, probabilities[j] * w[..., None], 1)
+                norm = add(norm, s, w, 0)
+            return k + 1, accum, norm
 
-@dataclasses.dataclass
-class Prediction:
-    label: np.ndarray                 # (z, y, x) on the original grid
-    geometry: Geometry                # the original scan's geometry
-    probabilities: Optional[np.ndarray] = None   # (z, y, x, K) on the preprocessed grid
+        accum = tf.fill(tf.concat([padded, [k_classes]], 0), 0.0)
+        norm = tf.fill(padded, 0.0)
+        _, accum, norm = tf.while_loop(lambda k, a, b: k < chunks, body, (0, accum, norm))
+        probabilities = accum / norm[..., None]
+        return tf.slice(probabilities, tf.concat([before, [0]], 0), tf.concat([size, [k_classes]], 0))
 
+    # -- whole volumes ---------------------------------------------------------------------
+    def _checks(self, volume, spacing, direction):
+        shape = tf.shape(volume)
+        return [
+            tf.debugging.Assert(tf.size(spacing) == 3, [
+                "input spacing: expected 3 values (mm, in z, y, x order); got", tf.size(spacing), "values"]),
+            tf.debugging.Assert(tf.size(direction) == 9, [
+                "input direction: expected 9 values (the scan direction cosines, as SimpleITK GetDirection "
+                "returns them); got", tf.size(direction), "values"]),
+            tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(spacing)) & tf.reduce_all(spacing > 0), [
+                "input spacing: expected 3 positive finite values (mm, z, y, x); got", spacing]),
+            tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(volume)), [
+                "input volume: expected finite values; found NaN or infinite voxels:",
+                tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(volume)), tf.int64))]),
+            tf.debugging.Assert(tf.reduce_all(shape[:3] >= MIN_AXIS), [
+                f"input volume: expected at least {MIN_AXIS} voxels along each spatial axis; got shape", shape]),
+        ]
 
-def predict_case(images: Sequence[sitk.Image], predictor: Predictor, preprocess: PreprocessConfig,
-                 config: InferenceConfig, keep_probabilities: bool = False) -> Prediction:
-    """Preprocesses a case as at training, segments it, post-processes, and maps the label
-    map back to the original grid (undoing crop/pad, resampling and reorientation)."""
-    image, _, record = preprocess_case(images, None, preprocess)
-    probabilities = sliding_window(image, predictor, config)
-    label = np.argmax(probabilities, axis=-1).astype(np.uint8)
-    label = postprocess_label(label, config.postprocess, config.min_size)
-    restored, geometry = restore_label(label, record)
-    return Prediction(restored, geometry, probabilities if keep_probabilities else None)
+    def _orientation(self, direction):
+        code = self.preprocess.orientation
+        if code is None:
+            return tf.range(3), tf.zeros([3], tf.bool)
+        matrix = tf.reshape(direction, (3, 3))
+        perm, flips, valid = volume_ops.orientation_permutation(direction, code)
+        column_norms = tf.norm(tf.cast(matrix, tf.float64), axis=0)
+        ok = valid & tf.reduce_all(tf.abs(column_norms - 1.0) < 1e-3) & tf.reduce_all(tf.math.is_finite(direction))
+        check = tf.debugging.Assert(ok, [
+            "input direction: expected the 9 direction cosines of a scan (unit columns, each along a "
+            "different anatomical axis); got", direction])
+        with tf.control_dependencies([check]):
+            return tf.identity(perm), tf.identity(flips)
+
+    def _preprocess(self, volume, spacing, direction):
+        """The run's preprocessing in the graph: ``(image, grid, size, perm, flips, spacing_o,
+        start)``: the network's input (reoriented, resampled, normalised, centre-cropped),
+        the resampled grid, the reoriented size, the reorientation, the reoriented spacing
+        and the crop's start (``None`` without a crop)."""
+        checks = self._checks(volume, spacing, direction)
+        # Fixed lengths, so that no op fails on a bad request before the checks name it.
+        spacing, direction = _fixed_length(spacing, 3, 1.0), _fixed_length(direction, 9, 0.0)
+        with tf.control_dependencies(checks):
+            perm, flips = self._orientation(direction)
+            volume = tf.identity(volume)
+        oriented = tf.ensure_shape(volume_ops.reorient(volume, perm, flips), [None, None, None, self.channels])
+        spacing_o = tf.gather(spacing, perm)
+        size = tf.shape(oriented)[:3]
+        target = self.preprocess.target_spacing_zyx
+        grid = size if target is None else volume_ops.resampled_size(size, spacing_o, target)
+        voxels = tf.reduce_prod(tf.cast(grid, tf.int64))
+        limits = [
+            tf.debugging.Assert(voxels <= self.max_voxels, [
+                f"input volume: at the spacing of the run it would hold more than the limit of this model, "
+                f"{self.max_voxels} voxels (export.py --max_voxels); got a grid of", grid, "from shape",
+                tf.shape(volume), "and spacing", spacing]),
+            tf.debugging.Assert(tf.reduce_all(grid >= MIN_AXIS), [
+                f"input volume: at the spacing of the run it would be under {MIN_AXIS} voxels along an axis; "
+                "got a grid of", grid, "from shape", tf.shape(volume), "and spacing", spacing]),
+        ]
+        with tf.control_dependencies(limits):
+            oriented = tf.identity(oriented)
+        if target is not None:
+            oriented = tf.ensure_shape(volume_ops.resample(oriented, spacing_o, target, grid),
+                                       [None, None, None, self.channels])
+        image = volume_ops.normalize(oriented, self.preprocess.normalization, self.preprocess.clip_percentiles)
+        start = None
+        if self.preprocess.crop_size_zyx is not None:
+            image, start = volume_ops.centre_crop_or_pad(image, self.preprocess.crop_size_zyx)
+        return image, grid, size, perm, flips, spacing_o, start
+
+    def _segment(self, volume, spacing, direction, with_probabilities: bool):
+        image, grid, size, perm, flips, spacing_o, start = self._preprocess(volume, spacing, direction)
+        probabilities = self._sliding_window(image)
+        if start is not None:  # outside the crop is background
+            background = tf.one_hot(0, self.num_classes)
+            probabilities = volume_ops.place_window(probabilities - background, -start, grid) + background
+        labels = tf.cast(tf.argmax(probabilities, axis=-1), tf.int32)
+        target = self.preprocess.target_spacing_zyx
+        if target is not None:
+            labels = volume_ops.resample(labels, target, spacing_o, size, nearest=True)
+            if with_probabilities:
+                probabilities = volume_ops.resample(probabilities, target, spacing_o, size)
+        out = {"labels": volume_ops.unorient(labels, perm, flips)}
+        if with_probabilities:
+            out["probabilities"] = volume_ops.unorient(probabilities, perm, flips)
+        return out

@@ -181,7 +181,7 @@ def crop_or_pad(array: np.ndarray, start_zyx, size_zyx) -> np.ndarray:
     return out
 
 
-def _n4(image: sitk.Image) -> sitk.Image:
+def n4_correct(image: sitk.Image) -> sitk.Image:
     image = sitk.Cast(image, sitk.sitkFloat32)
     mask = sitk.OtsuThreshold(image, 0, 1, 200)
     shrink = 2
@@ -214,7 +214,7 @@ def preprocess_case(images: Sequence[sitk.Image], label: Optional[sitk.Image],
     original_geometry = Geometry.of(reference)
     orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(reference.GetDirection())
     if config.n4:
-        channels = [_n4(c) for c in channels]
+        channels = [n4_correct(c) for c in channels]
     if config.orientation is not None:
         channels = [sitk.DICOMOrient(c, config.orientation.upper()) for c in channels]
         label = sitk.DICOMOrient(label, config.orientation.upper()) if label is not None else None

@@ -34,7 +34,7 @@ from vnet_tf.cases import check_fold, find_cases, split_cases
 from vnet_tf.check import check_dataset
 from vnet_tf.checkpoint import restore_checkpoint, save_checkpoint
 from vnet_tf import deep_supervision as ds_lib
-from vnet_tf.inference import InferenceConfig, keras_predictor, sliding_window
+from vnet_tf.inference import InferenceConfig, Segmenter
 from vnet_tf.losses import DiceCELoss, DiceLoss, dice_per_class
 from vnet_tf.model import VNetConfig, build_vnet, check_spatial_shape
 from vnet_tf.optim import OptimizerConfig, make_optimizer
@@ -42,12 +42,13 @@ from vnet_tf.pipeline import CaseStore, PipelineConfig, training_dataset
 from vnet_tf.preprocess import PreprocessConfig
 from vnet_tf.runtime import resolve_mixed_precision
 from vnet_tf.training_logs import TrainingLogger
+from vnet_tf.workdir import BEST, CHECKPOINT, run_model_config
 
 LOSSES = ("dice", "dice_ce")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16", "auto")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 AUGMENT_ON = ("device", "host")
-CHECKPOINT, BEST, RAW_MODEL = "checkpoint.npz", "best.npz", "model_raw.keras"
+RAW_MODEL = "model_raw.keras"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,16 +148,20 @@ def _mixed_policy(name):
     return None if name == "none" else name
 
 
-def validate_cases(model, cases, config: TrainConfig, num_classes: int):
-    """Per-case Dice per class (background first) on whole volumes by sliding window, and
-    the first case's (image, label, prediction) for image summaries."""
-    # No test-time mirroring or post-processing here (cost); evaluate.py applies them.
+def validation_segmenter(model, config: TrainConfig, channels: int, num_classes: int) -> Segmenter:
+    """The inference graph that validation runs on cached cases (no test-time mirroring or
+    post-processing here, for cost; evaluate.py applies them)."""
     infer = dataclasses.replace(config.inference, patch_size_zyx=config.patch_size_zyx, mirror_axes=())
-    predictor = keras_predictor(model)
+    return Segmenter(model, config.preprocess, infer, channels, num_classes)
+
+
+def validate_cases(segmenter: Segmenter, cases, num_classes: int):
+    """Per-case Dice per class (background first) on whole preprocessed volumes by sliding
+    window, and the first case's (image, label, prediction) for image summaries."""
     scores, example = [], None
     for case in cases:
-        probabilities = sliding_window(case.image, predictor, infer)
-        prediction = np.argmax(probabilities, axis=-1)
+        probabilities = segmenter.sliding_window(tf.constant(case.image, tf.float32))
+        prediction = keras.ops.convert_to_numpy(keras.ops.argmax(probabilities, axis=-1))
         hard = keras.ops.one_hot(prediction, num_classes)
         dice = keras.ops.convert_to_numpy(dice_per_class(case.label[None].astype(np.int32), hard[None], smooth=0))[0]
         scores.append(dice)
@@ -257,6 +262,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     step_fn = _make_step(train_model, optimizer, loss_fn, device_aug, strategy, config.batch_size, average)
 
     val_cases = [load_cached_case(p) for p in val_paths]
+    validator = validation_segmenter(model, config, val_cases[0].image.shape[-1], num_classes) if val_cases else None
     logger = TrainingLogger(workdir / "tensorboard", total, start_step, progress and strategy_is_chief(strategy))
     last_scores, history = None, []
     started = time.perf_counter()
@@ -300,7 +306,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             if val_cases:
                 started_validation = time.perf_counter()
                 with averaged():
-                    scores, example = validate_cases(model, val_cases, config, num_classes)
+                    scores, example = validate_cases(validator, val_cases, num_classes)
                     last_scores = scores.mean(axis=0)
                     score = float(last_scores[1:].mean())
                     logger.validation(step, last_scores, example)
@@ -459,28 +465,3 @@ def load_run(workdir, which: str = "best"):
         float32.set_weights(model.get_weights())
         model = float32
     return model, run
-
-
-def run_model_config(run: dict) -> VNetConfig:
-    """The model settings of a run (its config.json as a dict), computing in float32 whatever
-    the training precision: the weights are float32 either way."""
-    fields = dict(run["model"])
-    for key in ("convs_left", "convs_right"):
-        if fields.get(key) is not None:
-            fields[key] = tuple(fields[key])
-    fields["dtype_policy"] = None
-    return VNetConfig(**fields)
-
-
-def run_configs(run: dict) -> Tuple[PreprocessConfig, InferenceConfig]:
-    """The preprocessing and inference settings a run was trained with."""
-    train_cfg = run["train"]
-    pre = dict(train_cfg["preprocess"])
-    for key in ("target_spacing_zyx", "clip_percentiles", "crop_size_zyx"):
-        if pre.get(key) is not None:
-            pre[key] = tuple(pre[key])
-    inf = dict(train_cfg["inference"])
-    inf["patch_size_zyx"] = tuple(train_cfg["patch_size_zyx"])
-    inf["mirror_axes"] = tuple(inf["mirror_axes"])
-    return PreprocessConfig(**pre), InferenceConfig(**inf)
-

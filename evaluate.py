@@ -92,7 +92,7 @@ def main(argv):
         try:
             loaded = load_segment(FLAGS.model, FLAGS.which, overrides)
         except (FileNotFoundError, ValueError) as err:
-            raise app.UsageError(f"--model: {err}") from err
+            raise app.UsageError(f"--model {err}") from err
         segment, preprocess, inference, runs = loaded.segment, loaded.preprocess, loaded.inference, loaded.runs
         run = runs[0]
         labels = list(range(1, run["num_classes"]))

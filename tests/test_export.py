@@ -277,6 +277,14 @@ def test_client_rest_round_trip_keeps_the_geometry_and_surfaces_errors(exported,
         segment_file(str(scan), str(tmp_path / "seg.nii.gz"), address, "vnet")
         with pytest.raises(ServingError) as err:
             predict_rest(address, "vnet", np.zeros((3, 3, 3)), (1, 1, 1), _EYE)
+        # The README's curl path: the request body written by the client, posted as it is.
+        from vnet_tf.client import main
+        assert main(["--scan", str(scan), "--request_json", str(tmp_path / "request.json")]) == 0
+        import urllib.request
+        posted = urllib.request.urlopen(urllib.request.Request(
+            f"http://{address}/v1/models/vnet:predict", data=(tmp_path / "request.json").read_bytes(),
+            headers={"Content-Type": "application/json"}), timeout=600)
+        curl_labels = np.asarray(json.loads(posted.read())["outputs"]["labels"])
     finally:
         server.shutdown()
     assert "HTTP 400" in str(err.value)
@@ -288,6 +296,7 @@ def test_client_rest_round_trip_keeps_the_geometry_and_surfaces_errors(exported,
     loaded = load_segment([run])
     expected = predict_case([image], loaded.segment, loaded.inference.postprocess, loaded.inference.min_size)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(seg), expected.label)  # what evaluate.py writes
+    assert curl_labels.shape == expected.label.shape
 
 
 def test_client_grpc_asks_only_for_labels_and_surfaces_errors(exported, rng, tmp_path):

@@ -242,3 +242,13 @@ def test_predict_patch_matches_the_eager_model(rng):
     batch = rng.standard_normal((2, 8, 12, 8, 1)).astype(np.float32)
     got = seg.predict_patch(tf.constant(batch))["probabilities"].numpy()
     np.testing.assert_allclose(got, np.asarray(model(batch, training=False)), atol=1e-5)
+
+
+def test_a_refused_volume_raises_the_graphs_message_alone():
+    from vnet_tf.loading import segmenter_segment
+    seg = _segmenter(_threshold, 1, 2, patch_size_zyx=(8, 8, 8))
+    volume = np.zeros((9, 9, 9, 1), np.float32)
+    volume[1, 2, 3] = np.nan
+    with pytest.raises(ValueError) as err:
+        segmenter_segment(seg)(volume, np.ones(3, np.float32), np.eye(3, dtype=np.float32).ravel())
+    assert str(err.value) == "input volume: expected finite values; found NaN or infinite voxels: 1"

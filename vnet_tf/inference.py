@@ -196,9 +196,16 @@ class Segmenter(tf.Module):
         return total / float(len(subsets))
 
     def _sliding_window(self, volume):
-        """``(D, H, W, C)`` preprocessed volume -> ``(D, H, W, K)`` probabilities: centred zero
-        padding to the patch, windows ``batch_size`` at a time, each weighted by the
-        importance map, summed in place and divided by the summed weights."""
+        """``(D, H, W, C)`` preprocessed volume -> ``(D, H, W, K)`` probabilities."""
+        accum, norm = self._blend(volume)
+        return accum / norm[..., None]
+
+    def _blend(self, volume):
+        """``(accum, norm)`` of a ``(D, H, W, C)`` preprocessed volume: centred zero padding
+        to the patch, windows ``batch_size`` at a time, each window's probabilities weighted
+        by the importance map and summed in place (``accum``, ``(D, H, W, K)``), and the
+        summed weights (``norm``, ``(D, H, W)``, positive). The probabilities are
+        ``accum / norm``; the labels ``argmax(accum)``."""
         patch = tf.constant(self.patch, tf.int32)
         size = tf.shape(volume)[:3]
         padded = tf.maximum(size, patch)
@@ -233,8 +240,8 @@ class Segmenter(tf.Module):
         accum = tf.fill(tf.concat([padded, [k_classes]], 0), 0.0)
         norm = tf.fill(padded, 0.0)
         _, accum, norm = tf.while_loop(lambda k, a, b: k < chunks, body, (0, accum, norm))
-        probabilities = accum / norm[..., None]
-        return tf.slice(probabilities, tf.concat([before, [0]], 0), tf.concat([size, [k_classes]], 0))
+        return (tf.slice(accum, tf.concat([before, [0]], 0), tf.concat([size, [k_classes]], 0)),
+                tf.slice(norm, before, size))
 
     # -- whole volumes ---------------------------------------------------------------------
     def _checks(self, volume, spacing, direction):
@@ -307,11 +314,14 @@ class Segmenter(tf.Module):
 
     def _segment(self, volume, spacing, direction, with_probabilities: bool):
         image, grid, size, perm, flips, spacing_o, start = self._preprocess(volume, spacing, direction)
-        probabilities = self._sliding_window(image)
+        accum, norm = self._blend(image)
+        labels = tf.cast(tf.argmax(accum, axis=-1), tf.int32)  # = argmax(accum / norm): norm > 0
+        probabilities = accum / norm[..., None] if with_probabilities else None
         if start is not None:  # outside the crop is background
-            background = tf.one_hot(0, self.num_classes)
-            probabilities = volume_ops.place_window(probabilities - background, -start, grid) + background
-        labels = tf.cast(tf.argmax(probabilities, axis=-1), tf.int32)
+            labels = volume_ops.place_window(labels, -start, grid)
+            if with_probabilities:
+                background = tf.one_hot(0, self.num_classes)
+                probabilities = volume_ops.place_window(probabilities - background, -start, grid) + background
         target = self.preprocess.target_spacing_zyx
         if target is not None:
             labels = volume_ops.resample(labels, target, spacing_o, size, nearest=True)

@@ -97,8 +97,28 @@ def load_exported(version_dir: PathLike):
     return saved_model_segment(loaded), run
 
 
+def request_error(err: tf.errors.InvalidArgumentError) -> str:
+    """The graph's own words for a refused input (``input volume: ...``), without
+    TensorFlow's node and stack lines."""
+    text = err.message
+    if "assertion failed: [" in text:
+        text = text.split("assertion failed: [", 1)[1].split("\n", 1)[0]
+        text = text.rstrip("]").replace("] [", " ")
+    return text.strip()
+
+
+def _refusing(call):
+    def run(*args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except tf.errors.InvalidArgumentError as err:
+            raise ValueError(request_error(err)) from None
+    return run
+
+
 def saved_model_segment(loaded):
     """A segment function over a loaded SavedModel's signatures."""
+    @_refusing
     def segment(volume, spacing, direction, probabilities=False):
         name = "predict_probabilities" if probabilities else "serving_default"
         out = loaded.signatures[name](volume=tf.constant(volume, tf.float32), spacing=tf.constant(spacing, tf.float32),
@@ -108,7 +128,9 @@ def saved_model_segment(loaded):
 
 
 def segmenter_segment(segmenter: Segmenter):
-    """A segment function over a :class:`Segmenter` (a workdir's model, not exported)."""
+    """A segment function over a :class:`Segmenter` (a workdir's model, not exported); a
+    refused input raises ``ValueError`` with the graph's message."""
+    @_refusing
     def segment(volume, spacing, direction, probabilities=False):
         function = segmenter.segment if probabilities else segmenter.segment_labels
         out = function(tf.constant(volume, tf.float32), tf.constant(spacing, tf.float32),

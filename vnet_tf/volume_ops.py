@@ -101,29 +101,38 @@ def _percentile(ordered, q: float):
 
 def normalize(volume, mode: str, clip_percentiles: Optional[Sequence[float]] = None):
     """Per-channel intensity normalisation of ``(D, H, W, C)`` as
-    :func:`vnet_tf.preprocess.normalize_intensities` (statistics in float64): optional
-    percentile clipping, then ``zscore``, ``zscore_foreground`` (voxels != 0; the others
-    stay 0), ``rescale`` to [0, 1] or ``none``."""
+    :func:`vnet_tf.preprocess.normalize_intensities`: optional percentile clipping, then
+    ``zscore``, ``zscore_foreground`` (voxels != 0; the others stay 0), ``rescale`` to [0, 1]
+    or ``none``. Statistics are summed in float64; the volume stays float32 (no float64 copy
+    of a large scan is kept)."""
     channels = []
     for c in range(volume.shape[-1]):
-        x = tf.cast(volume[..., c], tf.float64)
-        mask = tf.not_equal(x, 0.0) if mode == "zscore_foreground" else tf.ones_like(x, tf.bool)
-        mask = tf.cond(tf.reduce_any(mask), lambda m=mask: m, lambda x=x: tf.ones_like(x, tf.bool))
+        x = tf.cast(volume[..., c], tf.float32)
+        mask = None
+        if mode == "zscore_foreground":
+            mask = tf.not_equal(x, 0.0)
+            mask = tf.cond(tf.reduce_any(mask), lambda m=mask: m, lambda x=x: tf.ones_like(x, tf.bool))
+        def values(x=x, mask=mask):
+            return x if mask is None else tf.boolean_mask(x, mask)
+
         if clip_percentiles is not None:
-            ordered = tf.sort(tf.boolean_mask(x, mask))
-            x = tf.clip_by_value(x, _percentile(ordered, float(clip_percentiles[0])),
-                                 _percentile(ordered, float(clip_percentiles[1])))
+            ordered = tf.cast(tf.sort(tf.reshape(values(), [-1])), tf.float64)
+            low = tf.cast(_percentile(ordered, float(clip_percentiles[0])), tf.float32)
+            high = tf.cast(_percentile(ordered, float(clip_percentiles[1])), tf.float32)
+            x = tf.clip_by_value(x, low, high)
         if mode in ("zscore", "zscore_foreground"):
-            values = tf.boolean_mask(x, mask)
-            out = (x - tf.reduce_mean(values)) / tf.maximum(tf.math.reduce_std(values), 1e-8)
-            if mode == "zscore_foreground":
+            v = tf.cast(values(x), tf.float64)
+            mean = tf.reduce_mean(v)
+            std = tf.sqrt(tf.reduce_mean(tf.square(v - mean)))
+            out = (x - tf.cast(mean, tf.float32)) / tf.cast(tf.maximum(std, 1e-8), tf.float32)
+            if mask is not None:
                 out = tf.where(mask, out, tf.zeros_like(out))
         elif mode == "rescale":
             low, high = tf.reduce_min(x), tf.reduce_max(x)
             out = (x - low) / tf.maximum(high - low, 1e-8)
         else:
             out = x
-        channels.append(tf.cast(out, tf.float32))
+        channels.append(out)
     return tf.stack(channels, axis=-1)
 
 

@@ -5,7 +5,8 @@
 Exports a small 3-class model (random weights: memory and size do not depend on them) twice,
 without resampling and resampling to 2.5 x 1.5 x 1.5 mm, and for each runs one request of a
 synthetic ``--shape`` volume at 2.5 x 0.8 x 0.8 mm (z, y, x) in a fresh process that imports
-only TensorFlow and loads the SavedModel: its peak resident memory (``ru_maxrss``) and
+only TensorFlow and loads the SavedModel: its peak resident memory (``VmHWM``; "after
+load" is the peak once TensorFlow, the model and the request volume are in memory) and
 seconds, for ``serving_default`` (labels) and ``predict_probabilities``. Also prints the
 response sizes (gRPC ``PredictResponse`` bytes; REST JSON bytes where affordable) for a
 hippocampus-sized scan and for ``--shape``. Prints Markdown tables.
@@ -34,19 +35,33 @@ from vnet_tf.exporter import export_run  # noqa: E402
 from vnet_tf.model import VNetConfig, build_vnet  # noqa: E402
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 import tensorflow as tf
 export, signature, shape = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")]
+
+
+def peak_gb():  # VmHWM: this process's own peak (ru_maxrss would include the parent's at fork)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+
+
+
 model = tf.saved_model.load(export)
-volume = tf.constant(np.random.default_rng(0).normal(100, 20, size=shape).astype(np.float32))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+array = np.empty(shape, np.float32)
+rng = np.random.default_rng(0)
+for z in range(shape[0]):  # one slice at a time: the request itself, and no float64 copy of it
+    array[z] = rng.normal(100, 20, size=shape[1:])
+volume = tf.constant(array)
+del array
+before = peak_gb()
 start = time.perf_counter()
 out = model.signatures[signature](volume=volume, spacing=tf.constant([2.5, 0.8, 0.8]),
                                   direction=tf.constant(np.eye(3, dtype=np.float32).ravel()))
 labels = out["labels"].numpy()
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+peak = peak_gb()
 print(json.dumps({"peak_gb": peak, "loaded_gb": before, "seconds": seconds, "labels": list(labels.shape)}))
 """
 

@@ -66,3 +66,18 @@ def tiny_run(tmp_path_factory):
                     "--aug_flip_axes=2", "--aug_gamma_p=0.2", "--learning_rate=0.01")
     assert out.returncode == 0, out.stderr[-4000:]
     return root / "run", out
+
+
+def flagfile_config(name, monkeypatch, *extra):
+    """The TrainConfig that train.py builds from ``configs/<name>`` (+ ``extra`` flags), in
+    this process: the flags parsed and reset again, nothing run."""
+    from absl import flags
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+    import train  # noqa: F401  (defines the flags)
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["train.py", f"--flagfile=configs/{name}", *extra])
+        return train.build_config(flags.FLAGS.data_dir or ".")
+    finally:
+        flags.FLAGS.unparse_flags()

@@ -216,12 +216,12 @@ def test_versions_and_killed_export(tiny_run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not [p for p in base.iterdir() if p.name.isdigit()], list(base.iterdir())
+    from vnet_tf.exporter import export_run
     for expected in ("1", "2"):
-        out = _export(run, base)
-        assert out.returncode == 0, out.stderr[-2000:]
+        assert export_run(run, base) == base / expected
         assert (base / expected / "saved_model.pb").is_file()
-    out = _export(run, base, "--version=2")
-    assert out.returncode != 0 and "exists" in out.stderr
+    with pytest.raises(FileExistsError, match="exists; pick another --version"):
+        export_run(run, base, version=2)
 
 
 class _FakeRest(http.server.BaseHTTPRequestHandler):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import HIPPOCAMPUS, REPO
+from conftest import HIPPOCAMPUS, flagfile_config
 
 FLAGFILES = ("demo", "hippocampus", "hippocampus_paper", "promise12_paper")
 TOLERANCE = 1e-5
@@ -22,16 +22,7 @@ TOLERANCE = 1e-5
 
 def flagfile_settings(name, monkeypatch):
     """The (preprocess, inference, patch) that train.py builds from configs/<name>.flags."""
-    from absl import flags
-    monkeypatch.chdir(REPO)
-    monkeypatch.syspath_prepend(str(REPO))
-    import train  # noqa: F401  (defines the flags)
-    flags.FLAGS.unparse_flags()
-    try:
-        flags.FLAGS(["train.py", f"--flagfile=configs/{name}.flags"])
-        config = train.build_config(flags.FLAGS.data_dir or "unused")
-    finally:
-        flags.FLAGS.unparse_flags()
+    config = flagfile_config(f"{name}.flags", monkeypatch)
     return config.preprocess, config.inference, config.patch_size_zyx
 
 

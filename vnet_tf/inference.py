@@ -28,8 +28,9 @@ from vnet_tf.preprocess import PreprocessConfig
 from vnet_tf.segmentation import POSTPROCESS_MODES as POSTPROCESS
 
 BLENDS = ("gaussian", "constant")
-# The largest resampled volume one call may segment (about 5 GB of peak memory for three
-# classes; BENCHMARKS.md, "Serving memory"), and the smallest axis it accepts.
+# The largest volume, at the run's spacing, that one call may segment (a 78.6 M-voxel request
+# of a 3-class model peaked at 4.7 GB, labels only; BENCHMARKS.md, "Serving: memory and
+# response sizes"), and the smallest axis it accepts.
 DEFAULT_MAX_VOXELS = 48 * 1024 * 1024
 MIN_AXIS = 4
 
@@ -163,13 +164,13 @@ class Segmenter(tf.Module):
         geometry = [tf.TensorSpec([None], tf.float32, name="spacing"),
                     tf.TensorSpec([None], tf.float32, name="direction")]
         self.segment = tf.function(lambda v, s, d: self._segment(v, s, d, True),
-                                   input_signature=[volume_spec, *geometry])
+                                   autograph=False, input_signature=[volume_spec, *geometry])
         self.segment_labels = tf.function(lambda v, s, d: self._segment(v, s, d, False),
-                                          input_signature=[volume_spec, *geometry])
-        self.sliding_window = tf.function(self._sliding_window, input_signature=[volume_spec])
+                                          autograph=False, input_signature=[volume_spec, *geometry])
+        self.sliding_window = tf.function(self._sliding_window, autograph=False, input_signature=[volume_spec])
         self.preprocess_volume = tf.function(lambda v, s, d: self._preprocess(v, s, d)[0],
-                                             input_signature=[volume_spec, *geometry])
-        self.predict_patch = tf.function(self._predict_patch, input_signature=[
+                                             autograph=False, input_signature=[volume_spec, *geometry])
+        self.predict_patch = tf.function(self._predict_patch, autograph=False, input_signature=[
             tf.TensorSpec([None, p[0], p[1], p[2], c], tf.float32, name="patches")])
 
     # -- windows -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from vnet_tf.inference import Segmenter
+from vnet_tf.inference import Segmenter, _Untracked
 
 SIGNATURES = ("serving_default", "predict_probabilities", "predict_patch")
 RUN_FILE = "vnet_tf_run.json"  # in assets.extra/: the run's settings, recorded at export
@@ -36,18 +36,31 @@ class VNetServing(tf.Module):
 
     def __init__(self, segmenter: Segmenter):
         super().__init__(name="vnet_serving")
-        self.segmenter = segmenter
+        # The segmenter's own functions are not exported (saving would trace each of them):
+        # only its variables, and the three signatures below.
+        self._holder = _Untracked(segmenter)
+        self.model_variables = list(segmenter.model_variables)
         self.postprocess = postprocess_text(segmenter.inference.postprocess, segmenter.inference.min_size)
         specs = [tf.TensorSpec(None, tf.float32, name="volume"), tf.TensorSpec([None], tf.float32, name="spacing"),
                  tf.TensorSpec([None], tf.float32, name="direction")]
-        self.serve = tf.function(lambda v, s, d: self._serve(v, s, d, False), input_signature=specs)
-        self.serve_probabilities = tf.function(lambda v, s, d: self._serve(v, s, d, True), input_signature=specs)
-        self.predict_patch = segmenter.predict_patch
+        patch = [None, *segmenter.patch, segmenter.channels]
+        # Held untracked: saving traces the signatures once; as attributes of the module it
+        # would trace each function again.
+        self._functions = _Untracked({
+            "serving_default": tf.function(lambda v, s, d: self._serve(v, s, d, False), autograph=False,
+                                           input_signature=specs),
+            "predict_probabilities": tf.function(lambda v, s, d: self._serve(v, s, d, True), autograph=False,
+                                                 input_signature=specs),
+            "predict_patch": tf.function(segmenter._predict_patch, autograph=False,  # pylint: disable=protected-access
+                                         input_signature=[tf.TensorSpec(patch, tf.float32, name="patches")])})
+
+    @property
+    def segmenter(self) -> Segmenter:
+        return self._holder.model
 
     def signatures(self) -> dict:
-        return {"serving_default": self.serve.get_concrete_function(),
-                "predict_probabilities": self.serve_probabilities.get_concrete_function(),
-                "predict_patch": self.predict_patch.get_concrete_function()}
+        """The signatures to save, by name (:data:`SIGNATURES`)."""
+        return {name: function.get_concrete_function() for name, function in self._functions.model.items()}
 
     def _serve(self, volume, spacing, direction, with_probabilities: bool):
         channels, classes = self.segmenter.channels, self.segmenter.num_classes

@@ -28,9 +28,9 @@ from vnet_tf.preprocess import PreprocessConfig
 from vnet_tf.segmentation import POSTPROCESS_MODES as POSTPROCESS
 
 BLENDS = ("gaussian", "constant")
-# The largest volume, at the run's spacing, that one call may segment (a 78.6 M-voxel request
-# of a 3-class model peaked at 4.7 GB, labels only; BENCHMARKS.md, "Serving: memory and
-# response sizes"), and the smallest axis it accepts.
+# The largest volume, at the run's spacing, that one call may segment (sized by the measured
+# peak memory of a larger request: BENCHMARKS.md, "Serving: memory and response sizes"), and
+# the smallest axis it accepts.
 DEFAULT_MAX_VOXELS = 48 * 1024 * 1024
 MIN_AXIS = 4
 
@@ -217,8 +217,8 @@ class Segmenter(tf.Module):
         n = tf.shape(starts)[0]
         bs = self.inference.batch_size
         chunks = (n + bs - 1) // bs
-        starts = tf.concat([starts, tf.repeat(starts[-1:], chunks * bs - n, axis=0)], axis=0)
         k_classes = self.num_classes
+        window_spec = tf.TensorSpec([*self.patch, self.channels], tf.float32)
 
         def add(total, start, value, channels):
             begin = tf.concat([start, [0] * channels], 0)
@@ -228,14 +228,16 @@ class Segmenter(tf.Module):
                                                        strides=tf.ones_like(begin), value=current + value)
 
         def body(k, accum, norm):
-            windows = [starts[k * bs + j] for j in range(bs)]
-            patches = tf.stack([tf.slice(volume, tf.concat([s, [0]], 0), [*self.patch, self.channels])
-                                for s in windows])
+            chunk = starts[k * bs:tf.minimum((k + 1) * bs, n)]  # the last chunk may hold fewer
+            patches = tf.map_fn(lambda s: tf.slice(volume, tf.concat([s, [0]], 0), [*self.patch, self.channels]),
+                                chunk, fn_output_signature=window_spec)
             probabilities = self._mirrored(patches)
-            for j, s in enumerate(windows):
-                w = self.window_weights * tf.cast(k * bs + j < n, tf.float32)
-                accum = add(accum, s, probabilities[j] * w[..., None], 1)
-                norm = add(norm, s, w, 0)
+
+            def add_window(j, accum, norm):
+                accum = add(accum, chunk[j], probabilities[j] * self.window_weights[..., None], 1)
+                return j + 1, accum, add(norm, chunk[j], self.window_weights, 0)
+
+            _, accum, norm = tf.while_loop(lambda j, a, b: j < tf.shape(chunk)[0], add_window, (0, accum, norm))
             return k + 1, accum, norm
 
         accum = tf.fill(tf.concat([padded, [k_classes]], 0), 0.0)

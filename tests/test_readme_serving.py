@@ -9,7 +9,7 @@ from conftest import REPO
 
 
 def _serving_commands():
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text[text.index("## Deploying with TF Serving"):]
     block = section[section.index("```bash") + len("```bash"):]
     block = block[:block.index("```")].replace("\\\n", " ")
@@ -29,7 +29,7 @@ def test_readme_serving_commands_match_the_shipped_files():
     commands = _serving_commands()
     export = next(c for c in commands if c[:2] == ["python", "export.py"])
     base = _flag(export, "--export_base")
-    config_text = (REPO / "configs" / "models.config").read_text()
+    config_text = (REPO / "configs" / "models.config").read_text(encoding="utf-8")
     name = re.search(r'name: "([^"]+)"', config_text).group(1)
     base_path = re.search(r'base_path: "([^"]+)"', config_text).group(1)
     assert "model_version_policy" in config_text
@@ -60,7 +60,7 @@ def test_readme_serving_commands_match_the_shipped_files():
 
 def test_readme_signatures_are_the_exported_ones():
     from vnet_tf.serving import SIGNATURES
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text[text.index("## Deploying with TF Serving"):text.index("## Hippocampus results")]
     table = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
     assert sorted(set(table) & set(SIGNATURES)) == sorted(SIGNATURES)

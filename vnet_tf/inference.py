@@ -125,7 +125,7 @@ def _fixed_length(values, n: int, fill: float):
     return tf.pad(values, [[0, tf.maximum(n - tf.size(values), 0)]], constant_values=fill)[:n]
 
 
-class _Untracked:
+class Untracked:
     """A plain holder: tf.Module does not look inside it (the model's variables are tracked
     once, as a list, by the module)."""
 
@@ -150,7 +150,7 @@ class Segmenter(tf.Module):
                  num_classes: int, max_voxels: int = DEFAULT_MAX_VOXELS):
         super().__init__(name="vnet_segmenter")
         preprocess, inference = preprocess.validate(), inference.validate()
-        self._holder = _Untracked(model)
+        self._holder = Untracked(model)
         self.model_variables = [getattr(v, "value", v) for v in getattr(model, "variables", [])]
         self.channels, self.num_classes = int(channels), int(num_classes)
         self.preprocess, self.inference = preprocess, inference

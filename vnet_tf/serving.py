@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from vnet_tf.inference import Segmenter, _Untracked
+from vnet_tf.inference import Segmenter, Untracked
 
 SIGNATURES = ("serving_default", "predict_probabilities", "predict_patch")
 RUN_FILE = "vnet_tf_run.json"  # in assets.extra/: the run's settings, recorded at export
@@ -38,7 +38,7 @@ class VNetServing(tf.Module):
         super().__init__(name="vnet_serving")
         # The segmenter's own functions are not exported (saving would trace each of them):
         # only its variables, and the three signatures below.
-        self._holder = _Untracked(segmenter)
+        self._holder = Untracked(segmenter)
         self.model_variables = list(segmenter.model_variables)
         self.postprocess = postprocess_text(segmenter.inference.postprocess, segmenter.inference.min_size)
         specs = [tf.TensorSpec(None, tf.float32, name="volume"), tf.TensorSpec([None], tf.float32, name="spacing"),
@@ -46,7 +46,7 @@ class VNetServing(tf.Module):
         patch = [None, *segmenter.patch, segmenter.channels]
         # Held untracked: saving traces the signatures once; as attributes of the module it
         # would trace each function again.
-        self._functions = _Untracked({
+        self._functions = Untracked({
             "serving_default": tf.function(lambda v, s, d: self._serve(v, s, d, False), autograph=False,
                                            input_signature=specs),
             "predict_probabilities": tf.function(lambda v, s, d: self._serve(v, s, d, True), autograph=False,

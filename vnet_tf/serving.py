@@ -67,8 +67,8 @@ class VNetServing(tf.Module):
         rank = tf.rank(volume)
         shape_ok = tf.logical_and(rank >= 3, rank <= 5)
         checks = [tf.debugging.Assert(shape_ok, [
-            f"input volume: expected [D,H,W]{', [D,H,W,C]' if channels == 1 else ''} or [B,D,H,W,C] "
-            f"with C = {channels}; got shape", tf.shape(volume)])]
+            f"input volume: expected [D,H,W], [D,H,W,C] or [B,D,H,W,C] with C = {channels}; got shape",
+            tf.shape(volume)])]
         with tf.control_dependencies(checks):
             index = tf.clip_by_value(rank - 3, 0, 2)
         batched = tf.switch_case(index, [lambda: volume[None, ..., None], lambda: volume[None], lambda: volume])

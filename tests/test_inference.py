@@ -251,3 +251,13 @@ def test_a_refused_volume_raises_the_graphs_message_alone():
     with pytest.raises(ValueError) as err:
         segmenter_segment(seg)(volume, np.ones(3, np.float32), np.eye(3, dtype=np.float32).ravel())
     assert str(err.value) == "input volume: expected finite values; found NaN or infinite voxels: 1"
+
+
+def test_channels_on_different_grids_are_refused_naming_the_file():
+    from vnet_tf.segmentation import scan_arrays
+    first = sitk.GetImageFromArray(np.zeros((6, 7, 8), np.float32))
+    second = sitk.GetImageFromArray(np.zeros((6, 7, 9), np.float32))
+    with pytest.raises(ValueError) as err:
+        scan_arrays([first, second], names=("t1.nii.gz", "t2.nii.gz"))
+    assert str(err.value).startswith("t2.nii.gz: expected the grid of the first channel (size (8, 7, 6)), got size")
+    assert scan_arrays([first, first]).volume.shape == (6, 7, 8, 2)

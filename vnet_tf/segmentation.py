@@ -36,12 +36,13 @@ def scan_arrays(images: Sequence[sitk.Image], n4: bool = False, names: Sequence[
     """Stacks the channels of ``images`` (one per channel file; each 3D, vector or 4D) into
     one array. All channels must share the first one's grid (``ValueError`` naming the file
     otherwise). ``n4``: bias-field correct each channel first, as the run's preprocessing did."""
-    channels = [c for image in images for c in split_channels(image)]
+    sources = [(f, c) for f, image in enumerate(images) for c in split_channels(image)]
+    channels = [c for _, c in sources]
     reference = Geometry.of(channels[0])
-    for i, channel in enumerate(channels[1:], start=1):
+    for i, (f, channel) in enumerate(sources[1:], start=1):
         problems = Geometry.of(channel).differences(reference)
         if problems or channel.GetSize() != channels[0].GetSize():
-            name = names[min(i, len(names) - 1)] if names else f"channel {i}"
+            name = names[f] if f < len(names) else f"channel {i}"
             raise ValueError(f"{name}: expected the grid of the first channel (size {channels[0].GetSize()}), "
                              f"got size {channel.GetSize()}; {'; '.join(problems)}")
     if n4:

@@ -32,7 +32,7 @@ from vnet_tf.io import Geometry
 NORMALIZATIONS = ("none", "zscore", "zscore_foreground", "rescale")
 IMAGE_INTERPOLATIONS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
 LABEL_INTERPOLATIONS = ("nearest", "linear_argmax")
-_AXIS_OF_LETTER = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+AXIS_OF_LETTER = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +51,8 @@ class PreprocessConfig:
     def validate(self) -> "PreprocessConfig":
         code = (self.orientation or "").upper()
         if self.orientation is not None and (
-                len(code) != 3 or any(c not in _AXIS_OF_LETTER for c in code)
-                or len({_AXIS_OF_LETTER[c] for c in code}) != 3):
+                len(code) != 3 or any(c not in AXIS_OF_LETTER for c in code)
+                or len({AXIS_OF_LETTER[c] for c in code}) != 3):
             raise ValueError(f"orientation must be a 3-letter code with one of L/R, A/P and "
                              f"S/I each (e.g. 'LPS', 'RAS'), got {self.orientation!r}")
         if self.target_spacing_zyx is not None and (

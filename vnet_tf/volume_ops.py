@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-_AXIS_OF_LETTER = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+from vnet_tf.preprocess import AXIS_OF_LETTER
 
 
 def orientation_permutation(direction, code: str):
@@ -27,7 +27,7 @@ def orientation_permutation(direction, code: str):
     matrix = tf.reshape(tf.cast(direction, tf.float64), (3, 3))  # [physical r, index axis c]
     physical = tf.argmax(tf.abs(matrix), axis=0, output_type=tf.int32)  # per index axis
     positive = tf.gather_nd(matrix, tf.stack([physical, tf.range(3)], axis=1)) > 0.0
-    wanted = tf.constant([_AXIS_OF_LETTER[c] for c in code.upper()], tf.int32)
+    wanted = tf.constant([AXIS_OF_LETTER[c] for c in code.upper()], tf.int32)
     wanted_positive = tf.constant([c in "LPS" for c in code.upper()])
     match = tf.equal(wanted[:, None], physical[None, :])  # [target index axis k, source c]
     valid = tf.reduce_all(tf.reduce_sum(tf.cast(match, tf.int32), axis=1) == 1)

@@ -77,9 +77,9 @@ def load_workdirs(paths: Sequence[PathLike], which: str = "best", overrides: Opt
 
 
 def load_exported(version_dir: PathLike):
-    """``(segment, run)`` of an exported SavedModel: its ``predict_probabilities`` signature as
-    a :data:`vnet_tf.segmentation.SegmentFunction` (the same graph as ``serving_default``) and
-    the run's settings recorded at export."""
+    """``(segment, run)`` of an exported SavedModel: its ``serving_default`` and
+    ``predict_probabilities`` signatures as a :data:`vnet_tf.segmentation.SegmentFunction`,
+    and the run's settings recorded at export."""
     version_dir = pathlib.Path(version_dir)
     run_file = version_dir / "assets.extra" / RUN_FILE
     if not run_file.is_file():

@@ -19,6 +19,8 @@ import sys
 
 from absl import app, flags
 
+from vnet_tf import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model", [], "a training workdir (config.json + best.npz / checkpoint.npz), or an "
                   "exported SavedModel version folder (EXPORT_BASE/N); several, comma-separated, are scored as "
@@ -52,6 +54,8 @@ def main(argv):
     for source in FLAGS.model or [FLAGS.predictions_dir]:
         if not pathlib.Path(source).is_dir():
             raise app.UsageError(f"--{'model' if FLAGS.model else 'predictions_dir'} {source}: no such folder")
+    from vnet_tf.folders import writable_folder  # pylint: disable=import-outside-toplevel
+    writable_folder(FLAGS.output_dir, "--output_dir", create=False)  # before any model is loaded
 
     from vnet_tf.cases import check_fold, find_cases, fold_of  # pylint: disable=import-outside-toplevel
     from vnet_tf.evaluation import evaluate_cases, trained_on  # pylint: disable=import-outside-toplevel
@@ -122,4 +126,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags
 
+from vnet_tf import cli
 from vnet_tf.inference import DEFAULT_MAX_VOXELS
 
 FLAGS = flags.FLAGS
@@ -60,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

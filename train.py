@@ -13,6 +13,8 @@ import pathlib
 
 from absl import app, flags
 
+from vnet_tf import cli
+
 FLAGS = flags.FLAGS
 # data
 flags.DEFINE_string("data_dir", "", "dataset folder; empty = the embedded demo dataset")
@@ -20,6 +22,8 @@ flags.DEFINE_enum("layout", "auto", ["auto", "msd", "nnunet", "promise12"], "dat
 flags.DEFINE_string("workdir", "runs/demo", "where the run writes its outputs")
 flags.DEFINE_string("cache_dir", ".cache", "preprocessed-case cache (and the demo dataset)")
 flags.DEFINE_integer("demo_cases", 16, "cases in the demo dataset", lower_bound=2)
+flags.DEFINE_integer("num_classes", 0, "classes, background included; 0 = those dataset.json declares, else "
+                     "the label values found, which must then be 0..K-1 without gaps", lower_bound=0)
 flags.DEFINE_list("target_spacing", [], "resample to this spacing in mm, z,y,x; empty = keep")
 flags.DEFINE_enum("intensity_normalization", "zscore", ["none", "zscore", "zscore_foreground", "rescale"],
                   "per-case intensity normalisation")
@@ -136,6 +140,7 @@ def build_config(data_dir: str):
         raise app.UsageError(f"--patch_size {patch} must be multiples of {divisor} (2**(depth-1))")
     config = TrainConfig(
         data_dir=data_dir, workdir=FLAGS.workdir, cache_dir=FLAGS.cache_dir, layout=FLAGS.layout,
+        num_classes=FLAGS.num_classes,
         preprocess=PreprocessConfig(
             target_spacing_zyx=_numbers("target_spacing", float, 3, True) if FLAGS.target_spacing else None,
             normalization=FLAGS.intensity_normalization,
@@ -183,6 +188,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from vnet_tf.demo_data import write_demo_dataset  # pylint: disable=import-outside-toplevel
+    from vnet_tf.folders import writable_folder  # pylint: disable=import-outside-toplevel
     from vnet_tf.runtime import onednn_enabled  # pylint: disable=import-outside-toplevel
     from vnet_tf.training import train  # pylint: disable=import-outside-toplevel
 
@@ -190,13 +196,19 @@ def main(argv):
     if FLAGS.data_dir and not pathlib.Path(FLAGS.data_dir).is_dir():
         raise app.UsageError(f"--data_dir {FLAGS.data_dir}: no such folder")
     print(f"oneDNN CPU kernels: {'on' if onednn_enabled() else 'off'}")
+    if not FLAGS.data_dir:  # the demo dataset is written there
+        writable_folder(FLAGS.cache_dir, "--cache_dir")
     data_dir = FLAGS.data_dir or str(write_demo_dataset(
         pathlib.Path(FLAGS.cache_dir) / f"demo_data_{FLAGS.demo_cases}", FLAGS.demo_cases))
     config = build_config(data_dir)
     workdir = pathlib.Path(FLAGS.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "flags.txt").write_text(FLAGS.flags_into_string())
-    summary = train(config, progress=FLAGS.progress)
+    summary = train(config, progress=FLAGS.progress, replay_flags=FLAGS.flags_into_string())
+    if summary.get("already_finished"):
+        more = (f"--time_budget_minutes over {FLAGS.time_budget_minutes:g}" if summary["stopped_by_budget"]
+                else f"--steps over {summary['steps']}")
+        print(f"nothing to do: the run in {workdir.resolve()} is finished (step {summary['steps']}); its outputs "
+              f"are unchanged. To train it further, pass {more}.")
+        return 0
     dice = summary["validation_dice_per_class"]
     dice_text = "n/a" if dice is None else "[" + ", ".join(f"{d:.3f}" for d in dice) + "]"
     print(f"done: step {summary['steps']} ({summary['steps_per_second']} steps/s this run, peak memory "
@@ -209,4 +221,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

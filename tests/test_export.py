@@ -220,7 +220,7 @@ def test_versions_and_killed_export(tiny_run, tmp_path):
     for expected in ("1", "2"):
         assert export_run(run, base) == base / expected
         assert (base / expected / "saved_model.pb").is_file()
-    with pytest.raises(FileExistsError, match="exists; pick another --version"):
+    with pytest.raises(ValueError, match="exists; pick another version"):
         export_run(run, base, version=2)
 
 

@@ -24,6 +24,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from vnet_tf.cases import Case
+from vnet_tf.errors import UserError, describe
+from vnet_tf.folders import CACHE_TEMPORARIES, atomic_write_text, remove_stale, writable_folder
 from vnet_tf.io import PathLike, read_image
 from vnet_tf.npz import load_npz
 from vnet_tf.preprocess import PreprocessConfig, PreprocessRecord, preprocess_case
@@ -99,11 +101,11 @@ def preprocess_dataset(cases: Sequence[Case], config: PreprocessConfig, cache_di
     cached files in the order of ``cases``. ``on_case(case_id, reused)`` is called as each
     case finishes. Errors name the case's files."""
     config.validate()
-    out_dir = pathlib.Path(cache_dir) / config_key(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_folder(pathlib.Path(cache_dir) / config_key(config), "cache_dir")
+    remove_stale(out_dir, CACHE_TEMPORARIES)
     config_file = out_dir / "config.json"
     if not config_file.exists():
-        config_file.write_text(json.dumps(config.to_dict(), indent=2))
+        atomic_write_text(config_file, json.dumps(config.to_dict(), indent=2))
     workers = workers or os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(cache_case, case, config, out_dir): case for case in cases}
@@ -113,8 +115,10 @@ def preprocess_dataset(cases: Sequence[Case], config: PreprocessConfig, cache_di
             try:
                 results[case.case_id], reused = future.result()
             except Exception as err:
-                raise RuntimeError(f"preprocessing case {case.case_id} "
-                                   f"({', '.join(map(str, case.images))}) failed: {err}") from err
+                files = ", ".join(map(str, case.images + ((case.label,) if case.label is not None else ())))
+                if describe(err) is None:
+                    raise RuntimeError(f"preprocessing case {case.case_id} ({files}) failed: {err}") from err
+                raise UserError(f"preprocessing case {case.case_id} ({files}) failed: {describe(err)}") from err
             if on_case is not None:
                 on_case(case.case_id, reused)
     return [results[case.case_id] for case in cases]

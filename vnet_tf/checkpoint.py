@@ -13,12 +13,31 @@ import json
 import os
 import pathlib
 import tempfile
+import zipfile
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from vnet_tf.errors import UserError
 from vnet_tf.io import PathLike
 from vnet_tf.npz import load_npz
+
+
+def _read(path: pathlib.Path, keys) -> dict:
+    """The chosen arrays and the parsed ``meta`` of a checkpoint; :class:`UserError` naming
+    the file where it is truncated, corrupt or not a checkpoint."""
+    try:
+        data = load_npz(path, lambda k: k == "__meta__" or keys(k))
+        meta = json.loads(str(data.pop("__meta__")))
+        if not isinstance(meta, dict):
+            raise ValueError(f"its meta record is a {type(meta).__name__}")
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        reason = "it has no meta record" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        raise UserError(f"{path}: expected a vnet_tf checkpoint, found a truncated or corrupt file "
+                        f"({reason})") from err
+    return data, meta
 
 
 def _keyed(groups: Dict[str, list]) -> Dict[str, object]:
@@ -56,7 +75,7 @@ def read_meta(path: PathLike) -> Optional[dict]:
     path = pathlib.Path(path)
     if not path.is_file():
         return None
-    return json.loads(str(load_npz(path, ["__meta__"])["__meta__"]))
+    return _read(path, lambda key: False)[1]
 
 
 def restore_checkpoint(path: PathLike, groups: Dict[str, list], only_groups: bool = False) -> Tuple[dict, int]:
@@ -65,26 +84,25 @@ def restore_checkpoint(path: PathLike, groups: Dict[str, list], only_groups: boo
     ``only_groups``: ignore stored groups not named in ``groups`` (e.g. restore the model
     alone from a full training checkpoint).
 
-    Raises ``ValueError`` naming the file and the variable where a variable is missing from
-    the checkpoint, the checkpoint holds variables the objects lack, or a shape differs.
+    Raises :class:`UserError` naming the file where it is truncated or corrupt, a variable is
+    missing from it, it holds variables the objects lack, or a shape differs.
     """
     path = pathlib.Path(path)
     keyed = _keyed(groups)
-    data = load_npz(path, lambda k: k == "__meta__" or not only_groups or k.split("/")[0] in groups)
-    meta = json.loads(str(data.pop("__meta__")))
+    data, meta = _read(path, lambda k: not only_groups or k.split("/")[0] in groups)
     # Keys are "group/index"; files of the first version appended "/name": dropped.
     stored = {"/".join(k.split("/")[:2]): value for k, value in data.items()}
     missing = sorted(set(keyed) - set(stored))
     unused = sorted(set(stored) - set(keyed))
     if missing or unused:
-        raise ValueError(f"checkpoint {path} does not match the model being trained: "
-                         f"{len(missing)} variables missing from it (e.g. {missing[:3]}), "
-                         f"{len(unused)} not used (e.g. {unused[:3]}); was it written with other settings?")
+        raise UserError(f"checkpoint {path} does not match the model being trained: "
+                        f"{len(missing)} variables missing from it (e.g. {missing[:3]}), "
+                        f"{len(unused)} not used (e.g. {unused[:3]}); was it written with other settings?")
     for key, variable in keyed.items():
         value = stored[key]
         if tuple(value.shape) != tuple(variable.shape):
             name = getattr(variable, "path", key)
-            raise ValueError(f"checkpoint {path}: variable {key} ({name}) has shape {value.shape}, "
-                             f"the model expects {tuple(variable.shape)}")
+            raise UserError(f"checkpoint {path}: variable {key} ({name}) has shape {value.shape}, "
+                            f"the model expects {tuple(variable.shape)}")
         variable.assign(value)
     return meta, len(keyed)

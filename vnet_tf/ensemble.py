@@ -14,6 +14,7 @@ from typing import List, Sequence
 
 import keras
 
+from vnet_tf.errors import UserError
 from vnet_tf.inference import InferenceConfig
 from vnet_tf.preprocess import PreprocessConfig
 
@@ -43,8 +44,8 @@ def check_members(members: Sequence[Member]) -> List[str]:
     for member in members[1:]:
         for what, get in shared:
             if get(member) != get(first):
-                raise ValueError(f"{member.name} cannot be ensembled with {first.name}: its {what} differs "
-                                 f"(expected {get(first)!r} as in {first.name}, got {get(member)!r})")
+                raise UserError(f"{member.name} cannot be ensembled with {first.name}: its {what} differs "
+                                f"(expected {get(first)!r} as in {first.name}, got {get(member)!r})")
         mine, theirs = first.inference.to_dict(), member.inference.to_dict()
         differing.update(k for k in mine if mine[k] != theirs[k])
     return sorted(differing)

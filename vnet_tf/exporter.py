@@ -20,6 +20,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+from vnet_tf.errors import UserError
+from vnet_tf.folders import EXPORT_TEMPORARIES, remove_stale, writable_folder
 from vnet_tf.ensemble import training_cases
 from vnet_tf.inference import DEFAULT_MAX_VOXELS, Segmenter
 from vnet_tf.io import PathLike
@@ -62,17 +64,18 @@ def export_run(workdir: Union[PathLike, Sequence[PathLike]], export_base: PathLi
     run = dict(runs[0])
     run["train_cases"] = training_cases(runs)
     if preprocess.n4:
-        raise ValueError(f"{workdirs[0]}: the run corrects the bias field (N4) before inference, which the "
-                         f"serving graph cannot do; evaluate it with evaluate.py --model=WORKDIR instead")
+        raise UserError(f"{workdirs[0]}: the run corrects the bias field (N4) before inference, which the "
+                        f"serving graph cannot do; evaluate it with evaluate.py --model=WORKDIR instead")
     module = VNetServing(Segmenter(model, preprocess, inference, run["input_channels"], run["num_classes"],
                                    max_voxels))
-    export_base.mkdir(parents=True, exist_ok=True)
+    writable_folder(export_base, "export_base")
+    remove_stale(export_base, EXPORT_TEMPORARIES)
     version = next_version(export_base) if version is None else int(version)
     if version < 1:
-        raise ValueError(f"--version must be a positive integer, got {version}")
+        raise UserError(f"version must be a positive integer, got {version}")
     target = export_base / str(version)
     if target.exists():
-        raise FileExistsError(f"{target} exists; pick another --version or leave it out for the next free one")
+        raise UserError(f"{target} exists; pick another version or leave it out for the next free one")
     resolved = [str(pathlib.Path(w).resolve()) for w in workdirs]
     workdirs_json = resolved[0] if len(resolved) == 1 else resolved
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base))

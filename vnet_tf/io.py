@@ -24,13 +24,14 @@ from typing import Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from vnet_tf.errors import UserError
 from vnet_tf.integrity import truncation_problem
 
 PathLike = Union[str, os.PathLike]
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 
 
-class VolumeReadError(ValueError):
+class VolumeReadError(UserError):
     """A file or DICOM folder that exists but cannot be read as a 3D volume."""
 
 
@@ -195,7 +196,11 @@ def write_volume(path: PathLike, array: np.ndarray, geometry: Geometry,
     if not volume_suffix(path):
         raise ValueError(f"{path}: unknown volume format; use one of {', '.join(VOLUME_SUFFIXES)}")
     image = array_to_image(array, geometry)
-    _atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), compress))
+    try:
+        _atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), compress))
+    except RuntimeError as err:  # ITK's error for a file it could not write (no space, permissions)
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: could not be written ({reason})") from err
     return path
 
 

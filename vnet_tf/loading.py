@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import tensorflow as tf
 
+from vnet_tf.errors import UserError
 from vnet_tf.ensemble import MeanOfModels, Member, check_members
 from vnet_tf.inference import Segmenter
 from vnet_tf.io import PathLike
@@ -45,13 +46,13 @@ def load_segment(paths: Sequence[PathLike], which: str = "best", overrides: Opti
     exported = [p for p in paths if is_export(p)]
     if exported:
         if len(paths) > 1:
-            raise ValueError(f"{exported[0]}: an exported SavedModel is scored alone; export an ensemble as one "
-                             f"(export.py --workdir=A,B) or give the training workdirs")
+            raise UserError(f"{exported[0]}: an exported SavedModel is scored alone; export an ensemble as one "
+                            f"(export.py --workdir=A,B) or give the training workdirs")
         graph_settings = sorted(set(overrides) - set(HOST_SETTINGS))
         if graph_settings:
-            raise ValueError(f"{paths[0]}: an exported SavedModel keeps the settings it was exported with; "
-                             f"{', '.join(graph_settings)} cannot change them (export again with them, or give "
-                             f"the training workdir)")
+            raise UserError(f"{paths[0]}: an exported SavedModel keeps the settings it was exported with; "
+                            f"{', '.join(graph_settings)} cannot change them (export again with them, or give "
+                            f"the training workdir)")
         segment, run = load_exported(paths[0])
         preprocess, inference = run_configs(run)
         return Loaded(segment, preprocess, dataclasses.replace(inference, **overrides).validate(), [run])
@@ -88,12 +89,12 @@ def load_exported(version_dir: PathLike):
         run = json.loads(run_file.read_text())
         loaded = tf.saved_model.load(str(version_dir))
     except (ValueError, OSError, tf.errors.OpError) as err:
-        raise ValueError(f"{version_dir}: expected a SavedModel written by export.py; could not load it "
-                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+        raise UserError(f"{version_dir}: expected a SavedModel written by export.py; could not load it "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
     missing = [name for name in SIGNATURES if name not in loaded.signatures]
     if missing:
-        raise ValueError(f"{version_dir}: expected the signatures {', '.join(SIGNATURES)}; "
-                         f"{', '.join(missing)} missing (exported by an older version? export it again)")
+        raise UserError(f"{version_dir}: expected the signatures {', '.join(SIGNATURES)}; "
+                        f"{', '.join(missing)} missing (exported by an older version? export it again)")
     return saved_model_segment(loaded), run
 
 
@@ -112,7 +113,7 @@ def _refusing(call):
         try:
             return call(*args, **kwargs)
         except tf.errors.InvalidArgumentError as err:
-            raise ValueError(request_error(err)) from None
+            raise UserError(request_error(err)) from None
     return run
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from vnet_tf.errors import UserError
 from vnet_tf.io import Geometry
 from vnet_tf.preprocess import n4_correct, split_channels
 
@@ -43,8 +44,8 @@ def scan_arrays(images: Sequence[sitk.Image], n4: bool = False, names: Sequence[
         problems = Geometry.of(channel).differences(reference)
         if problems or channel.GetSize() != channels[0].GetSize():
             name = names[f] if f < len(names) else f"channel {i}"
-            raise ValueError(f"{name}: expected the grid of the first channel (size {channels[0].GetSize()}), "
-                             f"got size {channel.GetSize()}; {'; '.join(problems)}")
+            raise UserError(f"{name}: expected the grid of the first channel (size {channels[0].GetSize()}), "
+                            f"got size {channel.GetSize()}; {'; '.join(problems)}")
     if n4:
         channels = [n4_correct(c) for c in channels]
     volume = np.stack([sitk.GetArrayFromImage(c).astype(np.float32) for c in channels], axis=-1)

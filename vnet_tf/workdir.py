@@ -12,6 +12,7 @@ import json
 import pathlib
 from typing import Tuple
 
+from vnet_tf.errors import UserError
 from vnet_tf import averaging
 from vnet_tf.checkpoint import restore_checkpoint
 from vnet_tf.inference import InferenceConfig
@@ -32,8 +33,8 @@ def read_run(workdir: PathLike) -> dict:
         run = json.loads(path.read_text())
         run["model"], run["train"], run["num_classes"]  # pylint: disable=pointless-statement
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: expected a training run's settings (JSON with model, train and "
-                         f"num_classes); found {type(err).__name__}: {err}") from err
+        raise UserError(f"{path}: expected a training run's settings (JSON with model, train and "
+                        f"num_classes); found {type(err).__name__}: {err}") from err
     return run
 
 
@@ -65,13 +66,13 @@ def restore_model(workdir: PathLike, which: str = "best"):
     """``(model, run)``: the run's model (float32) with the weights ``which`` names; raises
     when a file is missing or unreadable, or a variable is not restored."""
     if which not in WHICH:
-        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+        raise UserError(f"which must be one of {WHICH}, got {which!r}")
     workdir = pathlib.Path(workdir)
     run = read_run(workdir)
     averaged = bool(run["train"].get("weight_average"))
     if which == "final_raw" and not averaged:
-        raise ValueError(f"{workdir}: which='final_raw' needs a run trained with a weight average "
-                         f"(--weight_average > 0); this one kept none, so its final model is 'final'")
+        raise UserError(f"{workdir}: which='final_raw' needs a run trained with a weight average "
+                        f"(--weight_average > 0); this one kept none, so its final model is 'final'")
     model = build_vnet(run_model_config(run))
     path = workdir / (BEST if which == "best" else CHECKPOINT)
     if not path.is_file():
@@ -80,5 +81,5 @@ def restore_model(workdir: PathLike, which: str = "best"):
     group = averaging.GROUP if which == "final" and averaged else "model"
     _, count = restore_checkpoint(path, {group: model.variables}, only_groups=True)
     if count != len(model.variables):
-        raise ValueError(f"{path}: restored {count} of {len(model.variables)} variables")
+        raise UserError(f"{path}: restored {count} of {len(model.variables)} variables")
     return model, run

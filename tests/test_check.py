@@ -85,7 +85,7 @@ EXPECTED = {
     "origin": "label origin (0.0, 5.0, 0.0) differs",
     "direction": "label direction",
     "outside": "label values [7] lie outside the declared classes 0..1",
-    "fraction": "label values are not integers (e.g. [0.5])",
+    "fraction": "label values are not integers (found [0.5])",
     "nan": "3 NaN or Inf intensities",
     "flat": "image is 2D",
     "fourd": "image has 2 channel(s) where 1 were declared",

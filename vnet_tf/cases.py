@@ -24,6 +24,7 @@ import pathlib
 import re
 from typing import Dict, List, Optional, Tuple
 
+from vnet_tf.errors import UserError
 from vnet_tf.io import PathLike, case_stem, volume_suffix
 
 LAYOUTS = ("auto", "msd", "nnunet", "promise12", "glob")
@@ -63,7 +64,7 @@ def detect_layout(root: pathlib.Path) -> str:
         return "nnunet"
     if any(case_stem(p).endswith("_segmentation") for p in root.glob("*.mhd")):
         return "promise12"
-    raise ValueError(
+    raise UserError(
         f"{root}: cannot tell the dataset layout: no dataset.json with a 'training' list "
         f"(msd), no imagesTr/<case>_0000.* files (nnunet), no *_segmentation.mhd files "
         f"(promise12); pass layout='glob' with image_glob and label_glob")
@@ -71,22 +72,48 @@ def detect_layout(root: pathlib.Path) -> str:
 
 def _load_json(path: pathlib.Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON file ({err})") from err
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a readable JSON file ({err})") from err
+    if not isinstance(index, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(index).__name__}")
+    return index
+
+
+def _declared_labels(path: pathlib.Path, labels) -> Optional[Dict[int, str]]:
+    """dataset.json's ``labels``: class number -> name; the numbers must be 0..K-1."""
+    if not labels:
+        return None
+    if not isinstance(labels, dict):
+        raise UserError(f"{path}: 'labels' must map class numbers to names, got {labels!r}")
+    try:
+        declared = {int(k): str(v) for k, v in labels.items()}
+    except ValueError as err:
+        bad = [k for k in labels if not str(k).strip().lstrip("-").isdigit()]
+        raise UserError(f"{path}: 'labels' keys must be class numbers (\"0\", \"1\", ...), found {bad}") from err
+    if sorted(declared) != list(range(len(declared))):
+        raise UserError(f"{path}: 'labels' must number the classes 0..K-1 (0 = background), found {sorted(declared)}")
+    return declared
 
 
 def _msd(root: pathlib.Path) -> Dataset:
     index = _load_json(root / "dataset.json")
+    if not isinstance(index.get("training"), list):
+        raise UserError(f"{root / 'dataset.json'}: expected a 'training' list of image/label pairs, "
+                        f"found {type(index.get('training')).__name__}")
     cases = []
     for i, entry in enumerate(index["training"]):
-        if not isinstance(entry, dict) or "image" not in entry:
-            raise ValueError(f"{root / 'dataset.json'}: training entry {i} has no 'image': {entry!r}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or \
+                not isinstance(entry.get("label") or "", str):
+            raise UserError(f"{root / 'dataset.json'}: training entry {i}: expected {{'image': PATH, 'label': PATH}}, found {entry!r}")
         image = (root / entry["image"]).resolve()
         label = (root / entry["label"]).resolve() if entry.get("label") else None
         cases.append(Case(case_stem(image), (image,), label))
-    labels = {int(k): str(v) for k, v in index.get("labels", {}).items()} or None
-    channels = len(index["modality"]) if index.get("modality") else None
+    labels = _declared_labels(root / "dataset.json", index.get("labels"))
+    modality = index.get("modality")
+    if modality is not None and not isinstance(modality, dict):
+        raise UserError(f"{root / 'dataset.json'}: 'modality' must map channel numbers to names, got {modality!r}")
+    channels = len(modality) if modality else None
     return Dataset(root, "msd", tuple(cases), channels, labels)
 
 
@@ -102,8 +129,8 @@ def _nnunet(root: pathlib.Path) -> Dataset:
     for case_id, channels in sorted(groups.items()):
         expected = list(range(len(channels)))
         if sorted(channels) != expected:
-            raise ValueError(f"{root / 'imagesTr'}: case {case_id} has channel files "
-                             f"{sorted(channels)}, expected {expected}")
+            raise UserError(f"{root / 'imagesTr'}: case {case_id} has channel files "
+                            f"{sorted(channels)}, expected {expected}")
         label = label_files.get(case_id, labels_dir / f"{case_id}{volume_suffix(channels[0])}")
         cases.append(Case(case_id, tuple(channels[c] for c in expected), label))
     channels = {len(c.images) for c in cases}
@@ -122,14 +149,14 @@ def _promise12(root: pathlib.Path) -> Dataset:
 
 def _star_regex(pattern: str) -> re.Pattern:
     if pattern.count("*") != 1:
-        raise ValueError(f"glob pattern {pattern!r} must contain exactly one '*' (the case id)")
+        raise UserError(f"glob pattern {pattern!r} must contain exactly one '*' (the case id)")
     head, tail = pattern.split("*")
     return re.compile("^" + re.escape(head) + r"(?P<case>[^/]+?)" + re.escape(tail) + "$")
 
 
 def _glob(root: pathlib.Path, image_glob: Optional[str], label_glob: Optional[str]) -> Dataset:
     if not image_glob:
-        raise ValueError("layout 'glob' needs image_glob (e.g. 'images/*.nii.gz')")
+        raise UserError("layout 'glob' needs image_glob (e.g. 'images/*.nii.gz')")
     image_re = _star_regex(image_glob)
     images = {}
     for path in sorted(root.glob(image_glob)):
@@ -168,7 +195,7 @@ def find_cases(data_dir: PathLike, layout: str = "auto", image_glob: Optional[st
     if not root.is_dir():
         raise FileNotFoundError(f"data_dir {root}: no such folder")
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        raise UserError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "auto":
         layout = "glob" if image_glob else detect_layout(root)
     if layout == "msd":
@@ -180,11 +207,11 @@ def find_cases(data_dir: PathLike, layout: str = "auto", image_glob: Optional[st
     else:
         dataset = _glob(root, image_glob, label_glob)
     if not dataset.cases:
-        raise ValueError(f"{root}: no case found with layout {layout!r}")
+        raise UserError(f"{root}: no case found with layout {layout!r}")
     ids = [c.case_id for c in dataset.cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        raise ValueError(f"{root}: case ids occur more than once: {duplicates}")
+        raise UserError(f"{root}: case ids occur more than once: {duplicates}")
     return dataset
 
 
@@ -198,8 +225,8 @@ def fold_of(case_id: str, num_folds: int) -> int:
 def check_fold(fold: int, num_folds: int) -> None:
     """Raises ``ValueError`` unless ``fold`` is -1 (every case trains) or in ``[0, num_folds)``."""
     if num_folds < 2 or not -1 <= fold < num_folds:
-        raise ValueError(f"fold must be -1 (train on all cases) or in [0, num_folds) with num_folds >= 2, "
-                         f"got fold={fold}, num_folds={num_folds}")
+        raise UserError(f"fold must be -1 (train on all cases) or in [0, num_folds) with num_folds >= 2, "
+                        f"got fold={fold}, num_folds={num_folds}")
 
 
 def split_cases(cases: List[Case], num_folds: int = 5, fold: int = 0) -> Tuple[List[Case], List[Case]]:

@@ -27,7 +27,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from vnet_tf.errors import UserError
 from vnet_tf.io import Geometry
+from vnet_tf.labels import value_problem
 
 NORMALIZATIONS = ("none", "zscore", "zscore_foreground", "rescale")
 IMAGE_INTERPOLATIONS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
@@ -194,6 +196,15 @@ def n4_correct(image: sitk.Image) -> sitk.Image:
     return image / sitk.Exp(log_field)
 
 
+def _label_array(label: sitk.Image) -> np.ndarray:
+    """The label as uint8, refusing values a cast would change (wrap or truncate)."""
+    array = sitk.GetArrayFromImage(label)
+    problem = value_problem(np.unique(array))
+    if problem:
+        raise UserError(f"label: {problem}")
+    return array.astype(np.uint8)
+
+
 def preprocess_case(images: Sequence[sitk.Image], label: Optional[sitk.Image],
                     config: PreprocessConfig):
     """Preprocesses one case.
@@ -233,7 +244,7 @@ def preprocess_case(images: Sequence[sitk.Image], label: Optional[sitk.Image],
     arrays = [normalize_intensities(sitk.GetArrayViewFromImage(c), config.normalization,
                                     config.clip_percentiles) for c in channels]
     image_array = np.stack(arrays, axis=-1)
-    label_array = None if label is None else sitk.GetArrayFromImage(label).astype(np.uint8)
+    label_array = None if label is None else _label_array(label)
     size = image_array.shape[:3]
     final = tuple(config.crop_size_zyx) if config.crop_size_zyx else size
     start = tuple((s - f) // 2 for s, f in zip(size, final))

@@ -26,15 +26,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vnet_tf.errors import UserError
 from vnet_tf import augment as aug_lib
 from vnet_tf import averaging
 from vnet_tf.budget import BudgetClock
 from vnet_tf.cache import load_cached_case, preprocess_dataset
 from vnet_tf.cases import check_fold, find_cases, split_cases
 from vnet_tf.check import check_dataset
-from vnet_tf.checkpoint import restore_checkpoint, save_checkpoint
+from vnet_tf.checkpoint import read_meta, restore_checkpoint, save_checkpoint
 from vnet_tf import deep_supervision as ds_lib
+from vnet_tf.folders import CHECKPOINT_TEMPORARIES, atomic_write_text, remove_stale, writable_folder
 from vnet_tf.inference import InferenceConfig, Segmenter
+from vnet_tf.labels import MAX_CLASSES
 from vnet_tf.losses import DiceCELoss, DiceLoss, dice_per_class
 from vnet_tf.model import VNetConfig, build_vnet, check_spatial_shape
 from vnet_tf.optim import OptimizerConfig, make_optimizer
@@ -57,6 +60,7 @@ class TrainConfig:
     workdir: str
     cache_dir: str = ".cache"
     layout: str = "auto"
+    num_classes: int = 0  # background included; 0 = declared by the dataset, else the label values found
     preprocess: PreprocessConfig = PreprocessConfig()
     model: VNetConfig = VNetConfig(base_width=8, depth=4, kernel_size=3, normalization="instance")
     loss: str = "dice_ce"
@@ -91,16 +95,18 @@ class TrainConfig:
         for name, value, allowed in (("loss", self.loss, LOSSES), ("mixed_precision", self.mixed_precision, MIXED_PRECISION),
                                      ("strategy", self.strategy, STRATEGIES), ("augment_on", self.augment_on, AUGMENT_ON)):
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+                raise UserError(f"{name} must be one of {allowed}, got {value!r}")
         for name in ("batch_size", "steps", "validation_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0 <= self.deep_supervision <= ds_lib.max_levels(self.model.depth):
-            raise ValueError(f"deep_supervision must be in [0, {ds_lib.max_levels(self.model.depth)}] "
-                             f"(heads on right stages 1 .. depth - 2) for depth {self.model.depth}, "
-                             f"got {self.deep_supervision}")
+            raise UserError(f"deep_supervision must be in [0, {ds_lib.max_levels(self.model.depth)}] "
+                            f"(heads on right stages 1 .. depth - 2) for depth {self.model.depth}, "
+                            f"got {self.deep_supervision}")
         if not self.time_budget_minutes >= 0:
-            raise ValueError(f"time_budget_minutes must be >= 0 (0 = no budget), got {self.time_budget_minutes!r}")
+            raise UserError(f"time_budget_minutes must be >= 0 (0 = no budget), got {self.time_budget_minutes!r}")
+        if self.num_classes != 0 and not 2 <= self.num_classes <= MAX_CLASSES:
+            raise UserError(f"num_classes must be 0 (from the dataset) or in [2, {MAX_CLASSES}], got {self.num_classes}")
         check_fold(self.fold, self.num_folds)
         self.preprocess.validate()
         self.optimizer.validate()
@@ -125,23 +131,26 @@ def make_strategy(name: str):
 
 
 def prepare_data(config: TrainConfig, log: Callable[[str], None]):
-    """Checks and caches the dataset; returns ``(train_paths, val_paths, num_classes, channels)``."""
+    """Checks every case (training and validation alike: each needs a label) and caches the
+    dataset; returns ``(train_paths, val_paths, num_classes)``."""
     dataset = find_cases(config.data_dir, config.layout)
-    report = check_dataset(dataset)
+    if config.num_classes and dataset.labels and len(dataset.labels) != config.num_classes:
+        raise UserError(f"num_classes {config.num_classes} differs from the {len(dataset.labels)} classes "
+                        f"{dataset.root / 'dataset.json'} declares")
+    report = check_dataset(dataset, num_classes=config.num_classes or None, require_labels=True)
     if not report.ok:
-        raise ValueError(f"the data check found unusable cases:\n{report.summary()}")
+        raise UserError(f"the data check found unusable cases in {config.data_dir}:\n{report.summary()}")
     for warning in report.warnings[:5]:
         log(f"data check warning: {warning}")
-    cases = [c for c in dataset.cases if c.case_id in set(report.good_cases)] if report.good_cases else dataset.cases
+    cases = dataset.cases
     train_cases, val_cases = split_cases(cases, config.num_folds, config.fold)
     if not train_cases:
-        raise ValueError(f"fold {config.fold} of {config.num_folds} leaves no training case out of {len(cases)}")
+        raise UserError(f"fold {config.fold} of {config.num_folds} leaves no training case out of {len(cases)}")
     if config.max_validation_cases:
         val_cases = val_cases[: config.max_validation_cases]
     paths = preprocess_dataset(train_cases + val_cases, config.preprocess, config.cache_dir)
     train_paths, val_paths = paths[: len(train_cases)], paths[len(train_cases):]
-    num_classes = (max(dataset.labels) + 1) if dataset.labels else None
-    return train_paths, val_paths, num_classes
+    return train_paths, val_paths, report.num_classes
 
 
 def _mixed_policy(name):
@@ -171,7 +180,7 @@ def validate_cases(segmenter: Segmenter, cases, num_classes: int):
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print, progress: bool = True,
-          on_end: Optional[Callable] = None) -> dict:
+          on_end: Optional[Callable] = None, replay_flags: Optional[str] = None) -> dict:
     """Trains (or resumes) and writes into ``config.workdir``: ``config.json``,
     ``checkpoint.npz`` (latest), ``best.npz`` and ``best.keras`` (best validation Dice),
     ``model.keras`` (final), ``tensorboard/`` and ``summary.json``. With ``weight_average``,
@@ -181,18 +190,34 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
 
     With ``time_budget_minutes``, ``steps`` is an upper bound: the run (and its learning-rate
     schedule) ends when the budget, counted from this call and over resumed parts, is spent
-    (:mod:`vnet_tf.budget`)."""
+    (:mod:`vnet_tf.budget`).
+
+    A workdir holds one run: rerunning it with other settings is refused, and rerunning a
+    finished run changes nothing and returns its summary (``"already_finished": True``).
+    ``replay_flags`` (the command's flags as text) is written to ``flags.txt`` once those
+    checks pass. Errors the user can fix are :class:`~vnet_tf.errors.UserError`."""
     config.validate()
     clock_start = time.perf_counter()
-    workdir = pathlib.Path(config.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = writable_folder(config.workdir, "workdir")
+    writable_folder(config.cache_dir, "cache_dir")
+    for stale in remove_stale(workdir, CHECKPOINT_TEMPORARIES):
+        log(f"removed {stale.name}, a temporary file left by a stopped run")
+    config_file, latest = workdir / "config.json", workdir / CHECKPOINT
+    _check_same_run(config_file, config.to_dict())
+    finished = _finished_summary(workdir, config, read_meta(latest))
+    if finished is not None:  # the caller says so (and which setting continues it)
+        return finished
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    train_paths, val_paths, declared_classes = prepare_data(config, log)
+    train_paths, val_paths, num_classes = prepare_data(config, log)
+    if replay_flags is not None:
+        atomic_write_text(workdir / "flags.txt", replay_flags)
+    if num_classes < 2:
+        raise UserError(f"{config.data_dir}: every label is empty (background only); expected at least one "
+                        f"foreground class")
     store = CaseStore(train_paths)
-    num_classes = declared_classes or int(max(store.case(i).label.max() for i in range(len(store)))) + 1
     precision = resolve_mixed_precision(config.mixed_precision)
     if config.mixed_precision == "auto":
         log(f"mixed precision auto: {precision}")
@@ -201,13 +226,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     resolved = {"train": config.to_dict(), "num_classes": num_classes, "input_channels": store.channels,
                 "model": dataclasses.asdict(model_config), "train_cases": [p.stem for p in train_paths],
                 "validation_cases": [p.stem for p in val_paths]}
-    config_file = workdir / "config.json"
-    _check_same_run(config_file, resolved)
 
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {replicas} replicas")
+        raise UserError(f"batch_size {config.batch_size} must be divisible by the {replicas} replicas")
     with strategy.scope():
         model = build_vnet(model_config)
         # The model trained: the V-Net, or the V-Net with deep-supervision heads (training only).
@@ -232,8 +255,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     if train_model is not model:
         groups["deep_supervision"] = ds_lib.head_variables(train_model, model)
 
-    start_step, best, elapsed_before, total = 0, -1.0, 0.0, config.steps
-    latest = workdir / CHECKPOINT
+    start_step, best, elapsed_before, total, meta = 0, -1.0, 0.0, config.steps, {}
     if latest.is_file():
         meta, count = restore_checkpoint(latest, groups)
         start_step, best = int(meta["step"]), float(meta["best_score"])
@@ -246,7 +268,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         total = max(clock.plan(start_step, config.steps, config.validation_every, time.perf_counter(),
                                bool(val_paths)), start_step)
     planned_steps.assign(float(total))
-    config_file.write_text(json.dumps(resolved, indent=2))
+    atomic_write_text(config_file, json.dumps(resolved, indent=2))
 
     device_aug = augmentation if config.augment_on == "device" else None
     pipeline = PipelineConfig(config.patch_size_zyx, config.batch_size, config.foreground_fraction,
@@ -319,7 +341,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
                     total = replan(step)
         if step % config.checkpoint_every == 0 or step == total:
             save_checkpoint(latest, groups, {"step": step, "best_score": best, "planned_steps": total,
-                                             "elapsed_seconds": clock.elapsed(time.perf_counter()), **clock.rates()})
+                                             "elapsed_seconds": clock.elapsed(time.perf_counter()), **clock.rates(),
+                                             "final_loss": loss, "validation_dice_per_class": _floats(last_scores)})
         if timed:  # the step, its logs and checkpoint: what each further step will cost
             clock.add_step(time.perf_counter() - tick - validation_seconds)
     seconds = time.perf_counter() - started
@@ -334,15 +357,17 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
                "steps_per_second": round((step - start_step) / seconds, 4) if seconds > 0 and step > start_step else None,
                "steps_per_second_steady": (round((step - first_step_done) / step_seconds, 4)
                                            if first_step_done is not None and step_seconds > 0 else None),
-               "final_loss": history[-1] if history else None, "loss_history": history,
-               "validation_dice_per_class": None if last_scores is None else [float(v) for v in last_scores],
+               # (a resumed run that had no step left to take reports its checkpoint's figures)
+               "final_loss": history[-1] if history else meta.get("final_loss"), "loss_history": history,
+               "validation_dice_per_class": (_floats(last_scores) if last_scores is not None
+                                             else meta.get("validation_dice_per_class")),
                "best_validation_dice": best if best >= 0 else None,
                "time_budget_minutes": config.time_budget_minutes or None,
                "weight_average": config.weight_average or None,
                "elapsed_seconds": round(clock.elapsed(time.perf_counter()), 1),
                "stopped_by_budget": bool(budget) and step < config.steps,
                "peak_memory_mb": round(_peak_rss_mb(), 1), "workdir": str(workdir.resolve())}
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
     if on_end is not None:
         on_end(model, strategy)
     return summary
@@ -404,24 +429,50 @@ def _xla_transform(layer):
     return _XLA_CACHE[id(layer)]
 
 
-def _check_same_run(config_file: pathlib.Path, resolved: dict) -> None:
-    """A workdir holds one run: resuming with other settings (apart from ``steps`` and
-    ``time_budget_minutes``) is an error."""
+def _floats(values):
+    return None if values is None else [float(v) for v in values]
+
+
+def _finished_summary(workdir: pathlib.Path, config: TrainConfig, meta: Optional[dict]) -> Optional[dict]:
+    """The summary of the run in ``workdir`` where it has already done what ``config`` asks
+    (its steps, or its time budget) and written its summary; else ``None``."""
+    if not meta:
+        return None
+    budget = config.time_budget_minutes * 60.0
+    done = meta["step"] >= config.steps or (budget > 0 and float(meta.get("elapsed_seconds", 0.0)) >= budget)
+    try:
+        summary = json.loads((workdir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # killed after its last checkpoint: the run writes its final models and summary
+    if not done or not isinstance(summary, dict) or summary.get("steps") != meta["step"]:
+        return None
+    return {**summary, "already_finished": True}
+
+
+def _check_same_run(config_file: pathlib.Path, settings: dict) -> None:
+    """A workdir holds one run: resuming with other settings (apart from ``steps``,
+    ``time_budget_minutes`` and the workdir and cache folders, which may move) is an error."""
     if not config_file.is_file() or not (config_file.parent / CHECKPOINT).is_file():
         return
-    previous = json.loads(config_file.read_text())
-    old, new = dict(previous.get("train", {})), dict(json.loads(json.dumps(resolved))["train"])
+    try:
+        previous = json.loads(config_file.read_text(encoding="utf-8"))
+        old = dict(previous["train"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{config_file}: expected the settings of the run in this workdir (JSON with 'train'), "
+                        f"found a truncated or corrupt file ({type(err).__name__}: {err}); restore it, or use "
+                        f"another workdir") from err
+    new = dict(json.loads(json.dumps(settings)))
     # Settings added after the run was written: it ran with their defaults.
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
                 if f.default is not dataclasses.MISSING and not dataclasses.is_dataclass(f.default)}
     old = {**{k: v for k, v in defaults.items() if k in new}, **old}
-    for d in (old, new):
-        d.pop("steps", None)
-        d.pop("time_budget_minutes", None)
+    for d in (old, new):  # the run's length and where its files live may change
+        for key in ("steps", "time_budget_minutes", "workdir", "cache_dir"):
+            d.pop(key, None)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
-        raise ValueError(f"{config_file.parent} holds a run with other settings ({', '.join(changed)} differ); "
-                         f"use another --workdir or the same flags to resume")
+        raise UserError(f"{config_file.parent} holds a run with other settings ({', '.join(changed)} differ); "
+                        f"use another workdir, or the same settings to resume")
 
 
 def _save_best(workdir, model, groups, step, best):
@@ -450,11 +501,11 @@ def load_run(workdir, which: str = "best"):
         raise FileNotFoundError(f"{workdir}: no config.json; is it a training workdir?")
     name = {"best": "best.keras", "final": "model.keras", "final_raw": RAW_MODEL}.get(which)
     if name is None:
-        raise ValueError(f"which must be 'best', 'final' or 'final_raw', got {which!r}")
+        raise UserError(f"which must be 'best', 'final' or 'final_raw', got {which!r}")
     run = json.loads(config_file.read_text())
     if which == "final_raw" and not run["train"].get("weight_average"):
-        raise ValueError(f"{workdir}: which='final_raw' needs a run trained with a weight average "
-                         f"(--weight_average > 0); this one kept none, so its final model is 'final'")
+        raise UserError(f"{workdir}: which='final_raw' needs a run trained with a weight average "
+                        f"(--weight_average > 0); this one kept none, so its final model is 'final'")
     path = workdir / name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file (has the run finished?)")

@@ -2,13 +2,16 @@
 in its scan's own format and geometry, and report metrics per case and label.
 
 Outputs in ``output_dir``: ``predictions/<case><suffix of the scan>``, ``metrics.csv`` (one
-row per case and label), ``summary.json`` (per-case records; mean / median / std per label
+row per case and label; written as ``metrics.partial.csv`` row by row while cases are
+scored, renamed when all are), ``summary.json`` (written last, atomically) (per-case records; mean / median / std per label
 and over the foreground labels; empty-mask counts; failed cases; the settings), and
 ``figures/`` (per case, three orthogonal mid-slices through the reference structure with
 reference and prediction contours; box plots of Dice and HD95 per label).
 
-A case that fails (unreadable file, geometry mismatch, missing prediction) is reported in
-``failed`` and skipped; the others are still scored.
+A case that fails (unreadable file, geometry mismatch, a missing or ambiguous prediction,
+a reference label holding values outside the classes) is reported in ``failed`` with the
+reason and skipped; the others are still scored. The output folder is checked to be
+writable before any case is predicted.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -26,21 +30,40 @@ import SimpleITK as sitk
 
 from vnet_tf.cases import Case
 from vnet_tf.inference import InferenceConfig
-from vnet_tf.io import PathLike, read_image, read_volume, volume_suffix, write_volume
+from vnet_tf.errors import UserError, describe
+from vnet_tf.folders import VOLUME_TEMPORARIES, atomic_write_text, remove_stale, writable_folder
+from vnet_tf.io import PathLike, case_stem, read_image, read_volume, volume_suffix, write_volume
+from vnet_tf.labels import value_problem
 from vnet_tf.metrics import METRICS, case_metrics, summarize
 from vnet_tf.preprocess import PreprocessConfig
 from vnet_tf.segmentation import SegmentFunction, predict_case
 
 CSV_FIELDS = ("case_id", "label") + METRICS + ("distances_missing",)
+PARTIAL_CSV = "metrics.partial.csv"
+REPORT_TEMPORARIES = (".*.json.*.tmp",)
 
 
 def find_prediction(predictions_dir: pathlib.Path, case_id: str) -> pathlib.Path:
-    matches = sorted(p for p in predictions_dir.iterdir() if p.name.startswith(case_id + ".")
-                     or p.name == case_id)
+    """The one volume file named ``<case_id><volume suffix>`` in ``predictions_dir``."""
+    matches = sorted(p for p in predictions_dir.iterdir()
+                     if p.name.startswith(case_id) and volume_suffix(p) and case_stem(p) == case_id)
     if not matches:
-        raise FileNotFoundError(f"no prediction for case {case_id} in {predictions_dir} "
-                                f"(expected a file named {case_id}.<ext>)")
+        raise UserError(f"no prediction for case {case_id} in {predictions_dir} "
+                        f"(expected one file named {case_id}.nii.gz, .mha, ...)")
+    if len(matches) > 1:
+        raise UserError(f"{len(matches)} predictions for case {case_id}: {', '.join(p.name for p in matches)} "
+                        f"in {predictions_dir}; expected one (remove the others)")
     return matches[0]
+
+
+def check_reference(reference: np.ndarray, labels: Sequence[int], path) -> None:
+    """Refuses a reference label holding a value that is not background or one of ``labels``:
+    its voxels would be scored as no class at all."""
+    values = np.unique(reference)
+    problem = value_problem(values, max(labels, default=0) + 1)
+    unscored = sorted(set(int(v) for v in values) - {0, *labels}) if problem is None else []
+    if problem or unscored:
+        raise UserError(f"reference label {path}: {problem or f'label values {unscored} are not among the classes scored {sorted(labels)}'}")
 
 
 def trained_on(run: dict, cases: Sequence[Case]) -> List[str]:
@@ -69,15 +92,19 @@ def evaluate_cases(cases: Sequence[Case], output_dir: PathLike, labels: Sequence
     Returns the summary (also written to ``summary.json``)."""
     if (segment is None) == (predictions_dir is None):
         raise ValueError("give either segment (a model) or predictions_dir, not both or neither")
-    out = pathlib.Path(output_dir)
-    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    out = writable_folder(output_dir, "output_dir")
+    writable_folder(out / "predictions", "output_dir")
+    remove_stale(out, REPORT_TEMPORARIES)
+    remove_stale(out / "predictions", VOLUME_TEMPORARIES)
     records, failed, timings = [], [], []
     started = time.perf_counter()
+    rows = _RowWriter(out / PARTIAL_CSV)
     for i, case in enumerate(cases):
         try:
             if case.label is None:
-                raise ValueError(f"case {case.case_id} has no reference label")
+                raise UserError(f"case {case.case_id} has no reference label")
             reference, ref_geometry = read_volume(case.label)
+            check_reference(reference, labels, case.label)
             t0 = time.perf_counter()
             scan = None
             if segment is not None:
@@ -93,23 +120,25 @@ def evaluate_cases(cases: Sequence[Case], output_dir: PathLike, labels: Sequence
                 label, geometry = read_volume(find_prediction(pathlib.Path(predictions_dir), case.case_id))
             problems = geometry.differences(ref_geometry)
             if problems or label.shape != reference.shape:
-                raise ValueError(f"prediction of {case.case_id} is not on the reference grid: "
-                                 f"shape {label.shape} vs {reference.shape}; {'; '.join(problems)}")
+                raise UserError(f"prediction of {case.case_id} is not on the reference grid: "
+                                f"shape {label.shape} vs {reference.shape}; {'; '.join(problems)}")
             spacing_zyx = tuple(ref_geometry.spacing[::-1])
             scores = case_metrics(label, reference, spacing_zyx, labels)
             records.append({"case_id": case.case_id, "labels": {str(k): v for k, v in scores.items()}})
+            rows.write(records[-1])
             if figures:
                 _case_figure(out / "figures" / f"{case.case_id}.png", reference, label, case, labels, scan)
             text = " ".join(f"dice{k}={v['dice']:.3f}" for k, v in scores.items())
-        except Exception as err:  # reported, skipped, counted
-            failed.append({"case_id": case.case_id, "error": f"{type(err).__name__}: {err}"})
-            text = f"FAILED: {err}"
+        except Exception as err:  # reported, skipped, counted: one case never costs the others' results
+            failed.append({"case_id": case.case_id, "error": describe(err) or f"{type(err).__name__}: {err}"})
+            text = f"FAILED: {failed[-1]['error']}"
         progress(i + 1, len(cases), started, f"{case.case_id} {text}")
     summary = _summarize(records, failed, labels, settings or {})
     if timings:
         summary["seconds_per_case"] = summarize(timings)
-    _write_csv(out / "metrics.csv", records)
-    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
+    rows.close()
+    os.replace(out / PARTIAL_CSV, out / "metrics.csv")
+    atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2))
     if figures and records:
         _box_plots(out / "figures" / "boxplot_dice_hd95.png", records, labels)
     return summary
@@ -150,13 +179,21 @@ def _json_safe(value):
     return value
 
 
-def _write_csv(path: pathlib.Path, records: List[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for r in records:
-            for k, m in r["labels"].items():
-                writer.writerow({"case_id": r["case_id"], "label": k, **{f: m[f] for f in CSV_FIELDS[2:]}})
+class _RowWriter:
+    """``metrics.csv``'s rows, appended and flushed as each case is scored."""
+
+    def __init__(self, path: pathlib.Path):
+        self._handle = open(path, "w", newline="", encoding="utf-8")  # pylint: disable=consider-using-with
+        self._writer = csv.DictWriter(self._handle, fieldnames=CSV_FIELDS)
+        self._writer.writeheader()
+
+    def write(self, record: dict) -> None:
+        for k, m in record["labels"].items():
+            self._writer.writerow({"case_id": record["case_id"], "label": k, **{f: m[f] for f in CSV_FIELDS[2:]}})
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 def _case_figure(path: pathlib.Path, reference, prediction, case: Case, labels, scan=None) -> None:

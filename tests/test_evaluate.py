@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from conftest import REPO, subprocess_env
@@ -99,29 +98,6 @@ def test_evaluates_an_ensemble_of_workdirs(tiny_run, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_an_ensemble_of_mismatched_workdirs_is_refused(tiny_run, tmp_path):
-    run, _ = tiny_run
-    data = run.parent / "cache" / "demo_data_6"
-
-    def other_patch(config):
-        config["train"]["patch_size_zyx"] = [p + 8 for p in config["train"]["patch_size_zyx"]]
-    other = _copy_run(run, tmp_path / "other", other_patch)
-    out = _evaluate(f"--model={run},{other}", f"--data_dir={data}", f"--output_dir={tmp_path / 'report'}")
-    assert out.returncode != 0 and f"{other} cannot be ensembled with {run}: its patch size differs" in out.stderr
-    assert not (tmp_path / "report").exists()
-    out = _evaluate(f"--model={run},{tmp_path / 'nope'}", f"--data_dir={data}", f"--output_dir={tmp_path / 'report'}")
-    assert out.returncode != 0 and f"--model {tmp_path / 'nope'}: no such folder" in out.stderr
-
-
-@pytest.mark.parametrize("fold", ["-2", "3"])
-def test_a_fold_out_of_range_is_refused_naming_the_flag(tiny_run, tmp_path, fold):
-    run, _ = tiny_run
-    out = _evaluate(f"--model={run}", f"--data_dir={run.parent / 'cache' / 'demo_data_6'}",
-                    f"--output_dir={tmp_path / 'report'}", f"--fold={fold}", "--num_folds=3")
-    assert out.returncode != 0 and "--fold / --num_folds: fold must be -1" in out.stderr
-    assert f"got fold={fold}, num_folds=3" in out.stderr and not (tmp_path / "report").exists()
-
-
 def test_evaluating_training_cases_warns(tiny_run, tmp_path):
     run, _ = tiny_run
     data = run.parent / "cache" / "demo_data_6"
@@ -143,15 +119,3 @@ def test_evaluates_hippocampus_cases(tiny_run, tmp_path, hippocampus_dir):
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["num_cases"] == 2 and set(summary["per_label"]) == {"1", "2"}
     assert len(list((tmp_path / "report" / "predictions").glob("hippocampus_*.nii.gz"))) == 2
-
-
-def test_bad_arguments(tmp_path):
-    out = _evaluate(f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}")
-    assert out.returncode != 0 and "exactly one of --model and --predictions_dir" in out.stderr
-    out = _evaluate(f"--model={tmp_path / 'nope'}", f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}")
-    assert out.returncode != 0 and "--model" in out.stderr and "no such folder" in out.stderr
-    (tmp_path / "empty").mkdir()
-    data = write_demo_dataset(tmp_path / "data", 2)
-    out = _evaluate(f"--model={tmp_path / 'empty'}", f"--data_dir={data}", f"--output_dir={tmp_path / 'o'}")
-    assert out.returncode != 0 and f"--model {tmp_path / 'empty'}: " in out.stderr and "no config.json" in out.stderr
-    assert "Traceback" not in out.stderr and not (tmp_path / "o").exists()

@@ -525,7 +525,7 @@ def _no_space(path="x"):
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, monkeypatch):
-    from vnet_tf import checkpoint
+    from vnet_tf import checkpoint, folders
     target = tmp_path / "checkpoint.npz"
     checkpoint.save_checkpoint(target, {"model": [np.ones(3)]}, {"step": 1})
     before = target.read_bytes()
@@ -533,7 +533,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, mo
     def full(*_):
         raise _no_space(tmp_path / ".checkpoint.npz.tmp")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    monkeypatch.setattr(folders.os, "fsync", full)
     with pytest.raises(OSError) as err:
         checkpoint.save_checkpoint(target, {"model": [np.zeros(3)]}, {"step": 2})
     assert target.read_bytes() == before

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,7 +24,7 @@ import SimpleITK as sitk
 
 from vnet_tf.cases import Case
 from vnet_tf.errors import UserError, describe
-from vnet_tf.folders import CACHE_TEMPORARIES, atomic_write_text, remove_stale, writable_folder
+from vnet_tf.folders import CACHE_TEMPORARIES, atomic_write, atomic_write_text, remove_stale, writable_folder
 from vnet_tf.io import PathLike, read_image
 from vnet_tf.npz import load_npz
 from vnet_tf.preprocess import PreprocessConfig, PreprocessRecord, preprocess_case
@@ -83,14 +82,7 @@ def cache_case(case: Case, config: PreprocessConfig, out_dir: pathlib.Path) -> T
     arrays = {"image": image, "record": np.array(record.to_json()), "source": np.array(fingerprint)}
     if label_array is not None:
         arrays["label"] = label_array
-    fd, tmp = tempfile.mkstemp(prefix=f".{case.case_id}.", suffix=".npz", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(target, lambda handle: np.savez(handle, **arrays))
     return target, False
 
 

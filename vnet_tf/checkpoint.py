@@ -10,15 +10,14 @@ moment leaves either the old or the new checkpoint, complete.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import tempfile
 import zipfile
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from vnet_tf.errors import UserError
+from vnet_tf.folders import atomic_write
 from vnet_tf.io import PathLike
 from vnet_tf.npz import load_npz
 
@@ -57,17 +56,7 @@ def save_checkpoint(path: PathLike, groups: Dict[str, list], meta: dict) -> path
     arrays = {key: np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
               for key, variable in _keyed(groups).items()}
     arrays["__meta__"] = np.array(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def read_meta(path: PathLike) -> Optional[dict]:

@@ -13,7 +13,7 @@ import pathlib
 import shutil
 import tempfile
 import time
-from typing import List, Sequence
+from typing import Callable, List, Sequence
 
 from vnet_tf.errors import UserError
 from vnet_tf.io import VOLUME_SUFFIXES, PathLike
@@ -21,8 +21,8 @@ from vnet_tf.io import VOLUME_SUFFIXES, PathLike
 PROCESS_STARTED = time.time()
 
 # The temporaries each writer uses (glob patterns), by the folder they are written into.
-CHECKPOINT_TEMPORARIES = (".*.npz.*.tmp", ".*.tmp.keras", ".*.json.*.tmp")
-CACHE_TEMPORARIES = (".*.npz",)
+CHECKPOINT_TEMPORARIES = (".*.npz.*.tmp", ".*.tmp.keras", ".*.json.*.tmp", ".*.txt.*.tmp")
+CACHE_TEMPORARIES = (".*.npz.*.tmp", ".*.json.*.tmp")
 EXPORT_TEMPORARIES = (".tmp-*",)
 VOLUME_TEMPORARIES = tuple(f".*{suffix}.*" for suffix in VOLUME_SUFFIXES)
 
@@ -73,13 +73,15 @@ def remove_stale(folder: PathLike, patterns: Sequence[str], before: float = PROC
     return removed
 
 
-def atomic_write_text(path: PathLike, text: str) -> pathlib.Path:
-    """Writes ``text`` to ``path`` through a temporary file renamed into place."""
+def atomic_write(path: PathLike, write: Callable, mode: str = "wb") -> pathlib.Path:
+    """Runs ``write(handle)`` on a temporary file beside ``path``, flushes it to disk and
+    renames it to ``path``: a reader (or a process killed meanwhile) sees the old file or the
+    new one, complete. The temporary is removed where ``write`` fails (a full disk)."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -87,3 +89,8 @@ def atomic_write_text(path: PathLike, text: str) -> pathlib.Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> pathlib.Path:
+    """Writes ``text`` to ``path`` with :func:`atomic_write`."""
+    return atomic_write(path, lambda handle: handle.write(text), "w")

@@ -44,7 +44,7 @@ def test_scores_existing_predictions_and_reports_failures(tmp_path):
     assert summary["num_failed"] == 1 and summary["failed"][0]["case_id"] == "demo_002"
     assert summary["per_label"]["1"]["hd95"]["missing"] == 1 and summary["empty_masks"]["1"]["prediction_empty_only"] == 1
     assert summary["per_label"]["2"]["dice"]["mean"] == 1.0
-    assert (report / "figures" / "boxplot_dice_hd95.png").is_file()
+    assert (report / "figures" / "dice_hd95.png").is_file()
     assert (report / "figures" / "demo_000.png").is_file()
 
 

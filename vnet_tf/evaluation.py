@@ -1,12 +1,13 @@
 """Score a set of cases: segment them (or read existing predictions), write each prediction
 in its scan's own format and geometry, and report metrics per case and label.
 
-Outputs in ``output_dir``: ``predictions/<case><suffix of the scan>``, ``metrics.csv`` (one
+Outputs in ``output_dir``: ``predictions/<case><suffix of the scan>``; ``metrics.csv`` (one
 row per case and label; written as ``metrics.partial.csv`` row by row while cases are
-scored, renamed when all are), ``summary.json`` (written last, atomically) (per-case records; mean / median / std per label
-and over the foreground labels; empty-mask counts; failed cases; the settings), and
-``figures/`` (per case, three orthogonal mid-slices through the reference structure with
-reference and prediction contours; box plots of Dice and HD95 per label).
+scored, renamed when all are); ``summary.json``, written last and atomically (per-case
+records; mean / median / std per label and over the foreground labels; empty-mask counts;
+failed cases; the settings); ``figures/`` (per case, three orthogonal mid-slices through
+the reference structure, the reference filled and the prediction outlined; Dice and HD95
+per label over the cases in ``dice_hd95.png``; :mod:`vnet_tf.figures`).
 
 A case that fails (unreadable file, geometry mismatch, a missing or ambiguous prediction,
 a reference label holding values outside the classes) is reported in ``failed`` with the
@@ -31,6 +32,7 @@ import SimpleITK as sitk
 from vnet_tf.cases import Case
 from vnet_tf.inference import InferenceConfig
 from vnet_tf.errors import UserError, describe
+from vnet_tf.figures import case_figure, metric_plot
 from vnet_tf.folders import VOLUME_TEMPORARIES, atomic_write_text, remove_stale, writable_folder
 from vnet_tf.io import PathLike, case_stem, read_image, read_volume, volume_suffix, write_volume
 from vnet_tf.labels import value_problem
@@ -140,7 +142,7 @@ def evaluate_cases(cases: Sequence[Case], output_dir: PathLike, labels: Sequence
     os.replace(out / PARTIAL_CSV, out / "metrics.csv")
     atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2))
     if figures and records:
-        _box_plots(out / "figures" / "boxplot_dice_hd95.png", records, labels)
+        metric_plot(out / "figures" / "dice_hd95.png", records, labels)
     return summary
 
 
@@ -197,47 +199,7 @@ class _RowWriter:
 
 
 def _case_figure(path: pathlib.Path, reference, prediction, case: Case, labels, scan=None) -> None:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
     # The scan already read for prediction, else read it (scoring existing predictions).
     image = sitk.GetArrayFromImage(scan) if scan is not None else read_volume(case.images[0])[0]
-    if image.ndim == 4:
-        image = image[..., 0]
-    fg = np.argwhere(reference > 0)
-    centre = fg.mean(axis=0).round().astype(int) if len(fg) else np.array(reference.shape) // 2
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
-    for ax, axis, name in zip(axes, range(3), ("axial (z)", "coronal (y)", "sagittal (x)")):
-        take = lambda a: np.take(a, centre[axis], axis=axis)  # noqa: E731
-        ax.imshow(take(image), cmap="gray")
-        for k, colour in zip(labels, ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple")):
-            for data, style in ((reference, "-"), (prediction, "--")):
-                mask = (take(data) == k).astype(float)
-                if mask.any() and mask.min() == 0:
-                    ax.contour(mask, levels=[0.5], colors=colour, linestyles=style, linewidths=1)
-        ax.set_title(name, fontsize=8)
-        ax.axis("off")
-    fig.suptitle(f"{case.case_id}: reference solid, prediction dashed", fontsize=9)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def _box_plots(path: pathlib.Path, records: List[dict], labels) -> None:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
-    for ax, metric in zip(axes, ("dice", "hd95")):
-        data = [[r["labels"][str(k)][metric] for r in records if not math.isnan(r["labels"][str(k)][metric])]
-                for k in labels]
-        ax.boxplot(data)
-        ax.set_xticks(range(1, len(labels) + 1), [f"label {k}" for k in labels])
-        ax.set_title("Dice" if metric == "dice" else "HD95 (mm)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
+    case_figure(path, image[..., 0] if image.ndim == 4 else image, reference, prediction, labels,
+                f"{case.case_id}: reference filled, prediction outlined")

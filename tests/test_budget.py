@@ -114,8 +114,10 @@ def test_time_budget_ends_the_run_and_its_schedule(tmp_path):
     assert rates[steps] < 0.25 * 0.01, rates[steps]  # the poly schedule ran (nearly) to its end
     assert rates[steps // 2] > 0.3 * 0.01, rates[steps // 2]
 
+    before = (tmp_path / "run" / "summary.json").read_bytes()
     again = train(config, log=lambda s: None, progress=False)  # the budget is spent: no more steps
-    assert again["steps"] == steps and again["resumed_from_step"] == steps
+    assert again["steps"] == steps and again["already_finished"]
+    assert (tmp_path / "run" / "summary.json").read_bytes() == before  # not rewritten with less
 
     more = train(dataclasses.replace(config, time_budget_minutes=budget_minutes + 0.15), log=lambda s: None,
                  progress=False)

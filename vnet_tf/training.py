@@ -438,13 +438,16 @@ def _finished_summary(workdir: pathlib.Path, config: TrainConfig, meta: Optional
     (its steps, or its time budget) and written its summary; else ``None``."""
     if not meta:
         return None
-    budget = config.time_budget_minutes * 60.0
-    done = meta["step"] >= config.steps or (budget > 0 and float(meta.get("elapsed_seconds", 0.0)) >= budget)
     try:
         summary = json.loads((workdir / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # killed after its last checkpoint: the run writes its final models and summary
-    if not done or not isinstance(summary, dict) or summary.get("steps") != meta["step"]:
+    if not isinstance(summary, dict) or summary.get("steps") != meta["step"]:
+        return None
+    # A budget that ended the run ends it again unless it grew (a step more would not fit).
+    spent = bool(summary.get("stopped_by_budget")) and 0 < config.time_budget_minutes <= (
+        summary.get("time_budget_minutes") or 0)
+    if meta["step"] < config.steps and not spent:
         return None
     return {**summary, "already_finished": True}
 

@@ -54,7 +54,7 @@ def run_train(workdir, cache_dir, *args, timeout=600, env=None):
            f"--workdir={workdir}", f"--cache_dir={cache_dir}"]
     run_env = env or subprocess_env()
     run_env.pop("TF_ENABLE_ONEDNN_OPTS", None) if env is None else None
-    return subprocess.run(cmd, cwd=REPO, env=run_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env=run_env, capture_output=True, text=True, encoding="utf-8", timeout=timeout)
 
 
 @pytest.fixture(scope="session")

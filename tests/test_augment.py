@@ -349,7 +349,7 @@ def test_augmentation_runs_under_jax_backend():
         "out = aug({'image': x, 'label': y})\n"
         "print(tuple(out['image'].shape), np.unique(np.asarray(out['label'])).tolist())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
                          env=subprocess_env(KERAS_BACKEND="jax"), cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(2, 16, 16, 16, 1) [0, 1]" in out.stdout

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 def test_quick_benchmark_runs_and_counts_the_same_flops(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "bench/bench_monai.py", "--quick", f"--out={out}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=900, check=False)
+                          capture_output=True, text=True, encoding="utf-8", timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Ratios ours / MONAI" in proc.stdout
     results = json.loads(out.read_text())

@@ -113,7 +113,7 @@ def test_every_bad_case_has_its_own_message(bad_dataset):
 
 def test_check_command_exit_codes(bad_dataset, tmp_path):
     cmd = [sys.executable, "-m", "vnet_tf.check"]
-    bad = subprocess.run(cmd + [str(bad_dataset)], capture_output=True, text=True,
+    bad = subprocess.run(cmd + [str(bad_dataset)], capture_output=True, text=True, encoding="utf-8",
                          env=subprocess_env(), cwd=REPO, timeout=120)
     assert bad.returncode == 1
     assert "missing label file" in bad.stdout and "17 cases checked: 3 usable, 14 with errors" in bad.stdout
@@ -122,10 +122,10 @@ def test_check_command_exit_codes(bad_dataset, tmp_path):
     (good / "labelsTr").mkdir()
     _good(good, "a")
     _msd_index(good, ["a"])
-    ok = subprocess.run(cmd + [str(good)], capture_output=True, text=True, env=subprocess_env(),
+    ok = subprocess.run(cmd + [str(good)], capture_output=True, text=True, encoding="utf-8", env=subprocess_env(),
                         cwd=REPO, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    missing = subprocess.run(cmd + [str(tmp_path / "nowhere")], capture_output=True, text=True,
+    missing = subprocess.run(cmd + [str(tmp_path / "nowhere")], capture_output=True, text=True, encoding="utf-8",
                              env=subprocess_env(), cwd=REPO, timeout=120)
     assert missing.returncode == 2 and "nowhere: no such folder" in missing.stderr
 

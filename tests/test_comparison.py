@@ -65,14 +65,14 @@ def test_different_cases_and_bad_columns_are_refused(two_runs, tmp_path):
     with pytest.raises(ValueError, match="no column 'assd'"):
         read_metric(base_csv, "assd")
     out = subprocess.run([sys.executable, "bench/compare_runs.py", str(base_csv), str(tmp_path / "missing")],
-                         cwd=REPO, capture_output=True, text=True)
+                         cwd=REPO, capture_output=True, text=True, encoding="utf-8")
     assert out.returncode != 0 and "no such metrics file" in out.stderr
 
 
 def test_script_prints_a_row_per_label(two_runs):
     base_csv, new_csv, _, _ = two_runs
     out = subprocess.run([sys.executable, "bench/compare_runs.py", str(base_csv), str(new_csv)],
-                         cwd=REPO, capture_output=True, text=True)
+                         cwd=REPO, capture_output=True, text=True, encoding="utf-8")
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(rows) == 2 and "| 12 |" in rows[0]
@@ -106,7 +106,7 @@ def test_pooled_folds_match_numpy_and_overlaps_are_refused(tmp_path, rng):
     with pytest.raises(ValueError, match=r"c\.csv: 2 \(case, label\) pairs are already in an earlier file"):
         pooled_summary([a, overlapping], metrics=("dice", "hd95"))
     script = subprocess.run([sys.executable, "bench/pool_folds.py", str(a), str(b)], cwd=REPO,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, encoding="utf-8")
     assert script.returncode == 0, script.stderr
     dice, hd = np.concatenate([dice_a[:, 1], dice_b[:, 1]]), np.concatenate([hd_a[:, 1], hd_b[:, 1]])
     low, high = out["2"]["dice"]["ci95"]
@@ -114,7 +114,7 @@ def test_pooled_folds_match_numpy_and_overlaps_are_refused(tmp_path, rng):
             f"{np.nanmean(hd):.3f} ± {np.nanstd(hd):.3f} | "
             f"{np.nanmean(hd) / 3:.3f} ± {np.nanstd(hd) / 3:.3f} | 1 |") in script.stdout
     script = subprocess.run([sys.executable, "bench/pool_folds.py", str(a), str(tmp_path / "missing")], cwd=REPO,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, encoding="utf-8")
     assert script.returncode != 0 and "pool_folds:" in script.stderr and "no such metrics file" in script.stderr
 
 

@@ -17,7 +17,7 @@ from vnet_tf.io import read_volume, write_volume
 
 def _evaluate(*args):
     return subprocess.run([sys.executable, "evaluate.py", *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, encoding="utf-8", timeout=600)
 
 
 def test_scores_existing_predictions_and_reports_failures(tmp_path):

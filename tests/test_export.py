@@ -18,7 +18,7 @@ from conftest import REPO, subprocess_env
 
 def _export(workdir, base, *args):
     return subprocess.run([sys.executable, "export.py", f"--workdir={workdir}", f"--export_base={base}", *args],
-                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _request_files(tmp_path, volume, spacing=(1.0, 1.0, 1.0), direction=tuple(np
 
 def test_saved_model_cli_show_and_run(exported, tmp_path):
     _, _, version = exported
-    show = subprocess.run(["saved_model_cli", "show", "--dir", str(version), "--all"], capture_output=True, text=True)
+    show = subprocess.run(["saved_model_cli", "show", "--dir", str(version), "--all"], capture_output=True, text=True, encoding="utf-8")
     assert show.returncode == 0, show.stderr[-2000:]
     text = show.stdout
     for piece in ("signature_def['serving_default']", "signature_def['predict_probabilities']",
@@ -53,7 +53,7 @@ def test_saved_model_cli_show_and_run(exported, tmp_path):
     assert "outputs['probabilities']" not in default  # labels-only responses by default
     run = lambda inputs: subprocess.run(  # noqa: E731
         ["saved_model_cli", "run", "--dir", str(version), "--tag_set", "serve", "--signature_def", "serving_default",
-         "--inputs", inputs, "--outdir", str(tmp_path / "out"), "--overwrite"], capture_output=True, text=True,
+         "--inputs", inputs, "--outdir", str(tmp_path / "out"), "--overwrite"], capture_output=True, text=True, encoding="utf-8",
         timeout=600)
     good = run(_request_files(tmp_path, np.random.default_rng(0).normal(size=(18, 23, 17))))
     assert good.returncode == 0, good.stderr[-3000:]
@@ -183,7 +183,7 @@ def test_every_bad_request_is_refused_naming_the_input(exported, tmp_path):
         cases[name] = {"inputs": str(tmp_path / f"{name}.npz"), "export": exports[export]}
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     out = subprocess.run([sys.executable, "-c", _CONTRACT_PROCESS, str(tmp_path / "cases.json"),
-                          str(tmp_path / "errors.json")], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+                          str(tmp_path / "errors.json")], cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     errors = json.loads((tmp_path / "errors.json").read_text())
     for name, (*_, expected) in BAD_REQUESTS.items():
@@ -348,7 +348,7 @@ def test_evaluate_accepts_an_exported_saved_model(exported, tmp_path):
     for name, model in (("workdir", run), ("saved_model", version)):
         out = subprocess.run([sys.executable, "evaluate.py", f"--model={model}", f"--data_dir={data}",
                               f"--output_dir={tmp_path / name}", "--fold=0", "--num_folds=3", "--figures=false"],
-                             cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+                             cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         scores[name] = {(r["case_id"], r["label"]): float(r["dice"]) for r in csv.DictReader(open(tmp_path / name / "metrics.csv"))}
     assert scores["workdir"].keys() == scores["saved_model"].keys() and scores["workdir"]
@@ -403,6 +403,6 @@ def test_an_ensemble_of_different_patch_sizes_is_refused_before_writing(tiny_run
     (other / "best.npz").write_bytes((run / "best.npz").read_bytes())
     base = tmp_path / "base"
     out = subprocess.run([sys.executable, "export.py", f"--workdir={run},{other}", f"--export_base={base}"],
-                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert out.returncode != 0 and f"{other} cannot be ensembled with {run}: its patch size differs" in out.stderr
     assert "Traceback" not in out.stderr and not base.exists()

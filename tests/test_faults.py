@@ -160,7 +160,7 @@ def _run_rows(command, rows, tmp):
     cases, results = tmp / f"{command}_cases.json", tmp / f"{command}_results.json"
     cases.write_text(json.dumps([rows[n] for n in names]), encoding="utf-8")
     out = subprocess.run([sys.executable, "tests/commands_in_process.py", command, str(cases), str(results)],
-                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     return dict(zip(names, json.loads(results.read_text(encoding="utf-8"))))
 

@@ -225,7 +225,7 @@ def test_model_and_loss_run_under_jax_backend():
         "l = dice_loss(np.zeros((1, 8, 16, 8), 'int32'), y)\n"
         "print(tuple(y.shape), float(l[0]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
                          env=subprocess_env(KERAS_BACKEND="jax"), cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(1, 8, 16, 8, 2)" in out.stdout

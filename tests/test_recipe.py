@@ -25,12 +25,12 @@ def test_short_hippocampus_recipe(hippocampus_dir, tmp_path):
         [sys.executable, "train.py", "--flagfile=configs/hippocampus.flags", *common, "--steps=24",
          "--base_width=4", "--validation_every=24", "--checkpoint_every=12", "--progress=false",
          f"--workdir={tmp_path / 'run'}", f"--cache_dir={tmp_path / 'cache'}"],
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert train.returncode == 0, train.stderr[-3000:]
     evaluate = subprocess.run(
         [sys.executable, "evaluate.py", f"--model={tmp_path / 'run'}", f"--data_dir={subset}",
          "--num_folds=2", "--fold=0", f"--output_dir={tmp_path / 'eval'}", "--figures=false"],
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["num_cases"] >= 1

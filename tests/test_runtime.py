@@ -21,7 +21,7 @@ def _probe(env_value):
     if env_value is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = env_value
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.split("ONEDNN", 1)[1].split()
 

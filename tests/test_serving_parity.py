@@ -133,7 +133,7 @@ def test_the_saved_model_gives_evaluates_labels_and_probabilities(tiny_run, tmp_
             expected[jobs[-1]["out"]] = (name, case, prediction)
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     out = subprocess.run([sys.executable, "-c", CLEAN_PROCESS, str(tmp_path / "jobs.json")], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     postprocessed = set()
     for path, (name, case, prediction) in expected.items():

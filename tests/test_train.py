@@ -181,7 +181,7 @@ summary = train(_tiny_config(pathlib.Path({str(tmp_path)!r}), strategy='mirrored
 print('replicas', result['replicas'], 'finite', bool(np.all(np.isfinite(summary['loss_history']))))
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,
-                         text=True, timeout=600)
+                         text=True, encoding="utf-8", timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "replicas 2 finite True" in out.stdout
 
@@ -206,7 +206,7 @@ def test_multi_worker_strategy_two_processes(tmp_path):
                "--depth=3", "--base_width=4", "--batch_size=4", "--num_folds=3", "--progress=false", "--steps=3",
                "--checkpoint_every=100", "--validation_every=100", "--strategy=multi_worker",
                f"--workdir={tmp_path / f'worker{index}'}", f"--cache_dir={tmp_path / f'cache{index}'}"]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8"))
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (stdout, stderr) in zip(procs, outs):
         assert p.returncode == 0, stderr[-4000:]

@@ -23,6 +23,9 @@ import pytest
 
 from conftest import REPO, TINY_TRAIN, subprocess_env
 
+# One worker runs the whole matrix: its rows share module fixtures that cost a run each.
+pytestmark = pytest.mark.xdist_group("fault_matrix")
+
 OLD = time.time() - 3600  # the modification time of temporaries "left by a killed process"
 
 

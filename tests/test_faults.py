@@ -245,8 +245,14 @@ def train_rows(world):
         "truncated checkpoint.npz": _train_args(world, runs / "trunc_ckpt", "--steps=3"),
         "random bytes in checkpoint.npz": _train_args(world, runs / "rand_ckpt", "--steps=3"),
         "truncated config.json at resume": _train_args(world, runs / "trunc_cfg", "--steps=3"),
-        "stale temporaries removed on resume": _train_args(world, runs / "stale", "--steps=3"),
     }
+    # What a killed run left in the good run's folder, before the good run starts there.
+    good.mkdir(parents=True)
+    for name in (".checkpoint.npz.k1ll3d.tmp", ".best.tmp.keras", ".summary.json.x.tmp"):
+        (good / name).write_bytes(b"partial")
+        os.utime(good / name, (OLD, OLD))
+    (good / ".checkpoint.npz.fresh.tmp").write_bytes(b"another process, now")
+    os.utime(good / ".checkpoint.npz.fresh.tmp", (time.time() + 3600,) * 2)
     with _unwritable(root / "locked", root / "locked_cache") as locked:
         first = _run_rows("train", rows, root)
     world["locked"] = locked
@@ -254,12 +260,6 @@ def train_rows(world):
     _copy_run(good, runs / "trunc_ckpt", lambda r: _truncate(r / "checkpoint.npz"))
     _copy_run(good, runs / "rand_ckpt", lambda r: _random_bytes(r / "checkpoint.npz"))
     _copy_run(good, runs / "trunc_cfg", lambda r: _truncate(r / "config.json"))
-    stale = _copy_run(good, runs / "stale")
-    for name in (".checkpoint.npz.k1ll3d.tmp", ".best.tmp.keras", ".summary.json.x.tmp"):
-        (stale / name).write_bytes(b"partial")
-        os.utime(stale / name, (OLD, OLD))
-    (stale / ".checkpoint.npz.fresh.tmp").write_bytes(b"another process, now")
-    os.utime(stale / ".checkpoint.npz.fresh.tmp", (time.time() + 3600,) * 2)
     second = _run_rows("train", later, root)
     return {**first, **second}, good_state
 
@@ -311,8 +311,8 @@ def test_a_finished_run_rerun_changes_nothing(train_rows, world):
 
 def test_stale_temporaries_of_a_killed_run_are_removed(train_rows, world):
     results, _ = train_rows
-    _check(results["stale temporaries removed on resume"], 0, ["done: step 3"], "stale")
-    left = sorted(p.name for p in (world["root"] / "runs" / "stale").glob(".*"))
+    _check(results["good run"], 0, ["done: step 2"], "good run")
+    left = sorted(p.name for p in (world["root"] / "runs" / "good").glob(".*"))
     assert left == [".checkpoint.npz.fresh.tmp"], left  # newer than the process: not its to remove
 
 

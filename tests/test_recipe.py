@@ -22,8 +22,8 @@ def test_short_hippocampus_recipe(hippocampus_dir, tmp_path):
     (subset / "dataset.json").write_text(json.dumps({**meta, "training": entries, "numTraining": 8}))
     common = [f"--data_dir={subset}", "--num_folds=2", "--fold=0"]
     train = subprocess.run(
-        [sys.executable, "train.py", "--flagfile=configs/hippocampus.flags", *common, "--steps=24",
-         "--base_width=4", "--validation_every=24", "--checkpoint_every=12", "--progress=false",
+        [sys.executable, "train.py", "--flagfile=configs/hippocampus.flags", *common, "--steps=8",
+         "--base_width=4", "--validation_every=8", "--checkpoint_every=4", "--progress=false",
          f"--workdir={tmp_path / 'run'}", f"--cache_dir={tmp_path / 'cache'}"],
         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert train.returncode == 0, train.stderr[-3000:]

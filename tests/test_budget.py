@@ -130,3 +130,46 @@ def test_negative_budget_is_refused():
     with pytest.raises(ValueError, match="time_budget_minutes must be >= 0"):
         TrainConfig(data_dir="x", workdir="y", time_budget_minutes=-1.0).validate()
     assert TrainConfig(data_dir="x", workdir="y", time_budget_minutes=5.0).validate().time_budget_minutes == 5.0
+
+
+def _simulated_run(step_seconds, budget, window, checkpoint_every=100):
+    """The training loop's use of the clock with injected step times (no sleeping): a plan at
+    every checkpoint; returns (steps run, seconds used, {step: planned total})."""
+    clock = BudgetClock(budget, 0.0, now=0.0, window=window)
+    now, step, total, plans = 0.0, 0, 10**9, {}
+    while step < total:
+        seconds = step_seconds(now)
+        now, step = now + seconds, step + 1
+        clock.add_step(seconds)
+        if step % checkpoint_every == 0:
+            total = plans[step] = max(clock.plan(step, 10**9, 10**9, now, has_validation=False), step)
+    return step, now, plans, clock
+
+
+def _capacity(step_seconds, budget):
+    """The most steps whose injected times fit in the budget."""
+    steps, now = 0, 0.0
+    while now + step_seconds(now) <= budget:
+        now, steps = now + step_seconds(now), steps + 1
+    return steps
+
+
+def test_the_budget_follows_a_machine_that_speeds_up():
+    """Slowed by other work for its first third (2 s per step), then 1 s: the run ends within
+    one step of what fits, and its schedule's length is right long before the end. Planning
+    at the run's mean speed (the old planner) ends short and plans the schedule short."""
+    budget = 6000.0
+    step_seconds = lambda now: 2.0 if now < budget / 3 else 1.0  # noqa: E731
+    capacity = _capacity(step_seconds, budget)
+    assert capacity == 1000 + 4000
+    steps, used, plans, clock = _simulated_run(step_seconds, budget, window=100)
+    assert capacity - 1 <= steps <= capacity and used <= budget
+    two_thirds = max(s for s in plans if s <= 0.66 * capacity)
+    assert plans[two_thirds] >= 0.99 * capacity, plans[two_thirds]  # the schedule knows its length
+    speed = clock.speed()
+    assert speed["seconds_per_step_recent"] == 1.0 and speed["seconds_per_step_recent_range"] == [1.0, 2.0]
+    assert speed["seconds_per_step_mean"] == round(used / steps, 4)
+
+    mean_steps, _, mean_plans, _ = _simulated_run(step_seconds, budget, window=10**9)
+    assert mean_plans[two_thirds] < 0.95 * capacity  # what the recent rate fixes
+    assert mean_steps <= steps

@@ -366,6 +366,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
                "weight_average": config.weight_average or None,
                "elapsed_seconds": round(clock.elapsed(time.perf_counter()), 1),
                "stopped_by_budget": bool(budget) and step < config.steps,
+               "speed": clock.speed(),
                "peak_memory_mb": round(_peak_rss_mb(), 1), "workdir": str(workdir.resolve())}
     atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
     if on_end is not None:

@@ -184,6 +184,14 @@ def build_config(data_dir: str):
         raise app.UsageError(f"invalid flag value: {err}") from err
 
 
+def next_command(workdir: pathlib.Path, data_dir: str) -> str:
+    """What to type next: score the run's held-out fold (or, trained on every case, export it)."""
+    if FLAGS.fold < 0:
+        return f"next, export it for TF Serving: python export.py --workdir={workdir} --export_base=exports/{workdir.name}"
+    return (f"next, score the held-out fold: python evaluate.py --model={workdir} --data_dir={data_dir} "
+            f"--fold={FLAGS.fold} --num_folds={FLAGS.num_folds} --output_dir={workdir / 'eval'}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -214,6 +222,7 @@ def main(argv):
     print(f"done: step {summary['steps']} ({summary['steps_per_second']} steps/s this run, peak memory "
           f"{summary['peak_memory_mb']} MB); validation Dice per class (background first): {dice_text}; "
           f"outputs in {workdir.resolve()}")
+    print(next_command(workdir, data_dir))
     if summary["stopped_by_budget"]:
         print(f"the time budget ({FLAGS.time_budget_minutes:g} min, {summary['elapsed_seconds']:.0f} s used) "
               f"set the run's length: {summary['steps']} of at most {FLAGS.steps} steps; the same length without "

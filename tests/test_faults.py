@@ -299,10 +299,11 @@ def test_train_errors_name_what_to_fix(train_rows, world, name, words):
 
 def test_a_finished_run_rerun_changes_nothing(train_rows, world):
     results, good_state = train_rows
-    _check(results["good run"], 0, ["done: step 2"], "good run")
+    good = world["root"] / "runs" / "good"
+    _check(results["good run"], 0, ["done: step 2", f"next, score the held-out fold: python evaluate.py "
+                                    f"--model={good} --data_dir="], "good run")
     _check(results["finished run rerun"], 0, ["nothing to do", "is finished (step 2)", "--steps over 2"], "rerun")
     _check(results["other settings"], 2, [], "other settings")
-    good = world["root"] / "runs" / "good"
     for name, data in good_state.items():  # neither the rerun nor the refused run touched them
         assert (good / name).read_bytes() == data, name
     summary = json.loads(good_state["summary.json"])

@@ -83,6 +83,7 @@ def metric_plot(path: pathlib.Path, records: List[dict], labels: Sequence[int]) 
             ax.plot(i + spread, values, "o", color="black", markersize=3, alpha=0.6)
         ax.set_xticks(range(1, len(labels) + 1), [f"label {k}" for k in labels])
         ax.set_xlim(0.5, len(labels) + 0.5)
+        ax.set_ylim(0, 1.02) if metric == "dice" else ax.set_ylim(bottom=0)  # scales that do not magnify noise
         ax.set_title(("Dice" if metric == "dice" else "HD95 (mm)") + f", {len(records)} case(s)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 On x86 CPUs TensorFlow leaves its oneDNN kernels off unless ``TF_ENABLE_ONEDNN_OPTS`` is
 set; on this project's reference machine turning them on made V-Net training steps
-2-5x faster (see BENCHMARKS.md). Importing :mod:`vnet_tf` therefore sets the variable to
+3-4x faster (see BENCHMARKS.md). Importing :mod:`vnet_tf` therefore sets the variable to
 ``1`` unless the user already set it (``TF_ENABLE_ONEDNN_OPTS=0`` keeps it off).
 """
 

@@ -47,8 +47,7 @@ REPORT_TEMPORARIES = (".*.json.*.tmp",)
 
 def find_prediction(predictions_dir: pathlib.Path, case_id: str) -> pathlib.Path:
     """The one volume file named ``<case_id><volume suffix>`` in ``predictions_dir``."""
-    matches = sorted(p for p in predictions_dir.iterdir()
-                     if p.name.startswith(case_id) and volume_suffix(p) and case_stem(p) == case_id)
+    matches = sorted(p for p in predictions_dir.iterdir() if volume_suffix(p) and case_stem(p) == case_id)
     if not matches:
         raise UserError(f"no prediction for case {case_id} in {predictions_dir} "
                         f"(expected one file named {case_id}.nii.gz, .mha, ...)")
@@ -63,9 +62,11 @@ def check_reference(reference: np.ndarray, labels: Sequence[int], path) -> None:
     its voxels would be scored as no class at all."""
     values = np.unique(reference)
     problem = value_problem(values, max(labels, default=0) + 1)
-    unscored = sorted(set(int(v) for v in values) - {0, *labels}) if problem is None else []
-    if problem or unscored:
-        raise UserError(f"reference label {path}: {problem or f'label values {unscored} are not among the classes scored {sorted(labels)}'}")
+    unscored = [] if problem else sorted({int(v) for v in values} - {0, *labels})
+    if unscored:
+        problem = f"label values {unscored} are not among the classes scored {sorted(labels)}"
+    if problem:
+        raise UserError(f"reference label {path}: {problem}")
 
 
 def trained_on(run: dict, cases: Sequence[Case]) -> List[str]:

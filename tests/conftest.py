@@ -81,3 +81,21 @@ def flagfile_config(name, monkeypatch, *extra):
         return train.build_config(flags.FLAGS.data_dir or ".")
     finally:
         flags.FLAGS.unparse_flags()
+
+
+# The longest tests (30-90 s each on the reference machine), longest first, run before the rest, so that the two workers
+# of pytest.ini start on them together and the short ones fill in at the end; in collection
+# order they could fall to one worker last and leave the other idle.
+SLOW = ("test_the_saved_model_gives_evaluates_labels_and_probabilities", "test_kill_and_resume_gives_identical_weights",
+        "test_time_budget_ends_the_run_and_its_schedule", "test_short_hippocampus_recipe",
+        "test_a_run_saves_the_average_validates_with_it_and_resumes_it", "test_tiny_vnet_learns_a_sphere",
+        "test_training_run_checkpoints_the_heads_and_deploys_without_them",
+        "test_mirrored_strategy_over_two_logical_cpus", "test_multi_worker_strategy_two_processes")
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+    for item in items:
+        if item.originalname in SLOW:
+            item.add_marker(pytest.mark.slow)
+    # Longest first (SLOW's order); the sort is stable, so the rest keep their order.
+    items.sort(key=lambda item: SLOW.index(item.originalname) if item.originalname in SLOW else len(SLOW))

@@ -221,16 +221,21 @@ def check_dataset(dataset: Dataset, num_classes: Optional[int] = None,
     return CheckReport(tuple(dataset.cases), tuple(problems), found, num_classes)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m vnet_tf.check``."""
     parser = argparse.ArgumentParser(prog="python -m vnet_tf.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_dir")
-    parser.add_argument("--layout", default="auto", choices=LAYOUTS)
+    parser.add_argument("data_dir", help="the dataset folder")
+    parser.add_argument("--layout", default="auto", choices=LAYOUTS, help="dataset layout")
     parser.add_argument("--image_glob", help="with --layout glob, e.g. 'images/*.nii.gz'")
     parser.add_argument("--label_glob", help="with --layout glob, e.g. 'labels/*.nii.gz'")
     parser.add_argument("--num_classes", type=int, help="declared classes, background included")
     parser.add_argument("--channels", type=int, help="declared image channels")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         dataset = find_cases(args.data_dir, args.layout, args.image_glob, args.label_glob)
         report = check_dataset(dataset, args.num_classes, args.channels)

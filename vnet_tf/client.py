@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--request_json", help="write the REST request body here instead of sending it")
     parser.add_argument("--server", default="localhost:8501", help="host:port (8501 REST, 8500 gRPC)")
     parser.add_argument("--model", default="vnet", help="the model name in TF Serving")
-    parser.add_argument("--protocol", choices=("rest", "grpc"), default="rest")
+    parser.add_argument("--protocol", choices=("rest", "grpc"), default="rest",
+                        help="TF Serving's REST or gRPC API")
     return parser
 
 

@@ -1,0 +1,134 @@
+"""Writes docs/reference/flags.md, the reference of every command-line flag, from the code.
+
+    python tools/flag_reference.py           # rewrite docs/reference/flags.md
+    python tools/flag_reference.py --check   # exit 1 if the file is not what the code gives
+
+The flags are read from the commands themselves: the absl flags that ``train.py``,
+``evaluate.py`` and ``export.py`` define (each imported in its own process, as their flag
+names overlap; none of them imports TensorFlow at module level), and the argparse parsers
+of ``python -m vnet_tf.check`` and ``python -m vnet_tf.client``. train.py's flags are
+grouped by the ``# section`` comments that precede their definitions.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "docs" / "reference" / "flags.md"
+ABSL_COMMANDS = ("train", "evaluate", "export")
+ARGPARSE_COMMANDS = ("vnet_tf.check", "vnet_tf.client")
+SHARED_MODULES = ("vnet_tf.cli",)
+
+
+def _sections(script: pathlib.Path) -> dict:
+    """Flag name -> the ``# section`` comment above its definition (top-level comments only)."""
+    names = {}
+    for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr.startswith("DEFINE") and node.args
+                and isinstance(node.args[0], ast.Constant)):
+            names[node.lineno] = node.args[0].value
+    section, result = "", {}
+    for number, line in enumerate(script.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith("# "):
+            section = line[2:].strip()
+        if number in names:
+            result[names[number]] = section
+    return result
+
+
+def _absl_dump(command: str) -> list:
+    """The flags ``command``.py and the shared CLI module define, as dicts (run in its own process)."""
+    sys.path.insert(0, str(REPO))
+    import importlib
+    from absl import flags
+    importlib.import_module(command)
+    sections = _sections(REPO / f"{command}.py")
+    rows = []
+    for module in (command, *SHARED_MODULES):
+        for flag in flags.FLAGS.get_flags_for_module(module):
+            rows.append({"name": flag.name, "type": flag.flag_type(),
+                         "default": (flag.default_as_str or "").strip("'"), "help": flag.help,
+                         "choices": [],  # absl's help already begins with <a|b|c>
+                         "section": sections.get(flag.name, "") if module == command else "errors"})
+    return rows
+
+
+def _argparse_rows(module_name: str) -> list:
+    import importlib
+    parser = importlib.import_module(module_name).build_parser()
+    rows = []
+    for action in parser._actions:  # argparse exposes its arguments only here
+        if action.dest == "help":
+            continue
+        rows.append({"name": action.option_strings[0] if action.option_strings else action.dest.upper(),
+                     "type": getattr(action.type, "__name__", "string") if action.type else "string",
+                     "default": "" if action.default is None else repr(action.default),
+                     "help": action.help or "", "choices": list(action.choices or []), "section": ""})
+    return rows
+
+
+def command_flags() -> dict:
+    """``{command: [flag dict, ...]}`` for every command, in definition order."""
+    result = {}
+    for command in ABSL_COMMANDS:
+        done = subprocess.run([sys.executable, __file__, "--dump", command], capture_output=True,
+                              text=True, encoding="utf-8", check=True, cwd=REPO)
+        result[f"{command}.py"] = json.loads(done.stdout)
+    sys.path.insert(0, str(REPO))
+    for module_name in ARGPARSE_COMMANDS:
+        result[f"-m {module_name}"] = _argparse_rows(module_name)
+    return result
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render(commands: dict) -> str:
+    out = ["# Flag reference", "",
+           "Every flag of every command, generated from the code by `python tools/flag_reference.py`",
+           "(a test fails when this file is out of date). absl commands also take `--flagfile=FILE`",
+           "(later flags override the file's) and `--helpfull`.", ""]
+    for command, rows in commands.items():
+        out += [f"## python {command}", ""]
+        section = None
+        for row in rows:
+            if row["section"] != section:
+                section = row["section"]
+                if section:
+                    out += [f"**{section}**", ""]
+                out += ["| flag | type | default | meaning |", "|---|---|---|---|"]
+            meaning = row["help"]
+            if row["choices"]:
+                meaning += f" (one of: {', '.join(row['choices'])})"
+            default = f"`{row['default']}`" if row["default"] != "" else ""
+            name = row["name"] if row["name"].startswith("-") or row["name"].isupper() else f"--{row['name']}"
+            out.append(f"| `{name}` | {row['type']} | {_cell(default)} | {_cell(meaning)} |")
+            if rows.index(row) + 1 < len(rows) and rows[rows.index(row) + 1]["section"] != section:
+                out.append("")
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def main(argv: list) -> int:
+    if argv[:1] == ["--dump"]:
+        print(json.dumps(_absl_dump(argv[1])))
+        return 0
+    text = render(command_flags())
+    if argv[:1] == ["--check"]:
+        if REFERENCE.read_text(encoding="utf-8") != text:
+            print(f"{REFERENCE} is out of date: run python tools/flag_reference.py", file=sys.stderr)
+            return 1
+        return 0
+    REFERENCE.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

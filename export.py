@@ -6,7 +6,7 @@
 Writes EXPORT_BASE/<version>/ (the next free integer by default) atomically, with the
 signatures `serving_default` (the scan's volume + spacing + direction -> labels),
 `predict_probabilities` and `predict_patch`, and a warm-up request in assets.extra/. See
-README, "Serving".
+docs/how-to/deploy.md.
 """
 
 import vnet_tf  # noqa: F401  (first: turns oneDNN on before TensorFlow loads)

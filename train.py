@@ -184,6 +184,11 @@ def build_config(data_dir: str):
         raise app.UsageError(f"invalid flag value: {err}") from err
 
 
+def demo_data_dir() -> pathlib.Path:
+    """Where the embedded demo dataset is written (and read again by later runs)."""
+    return pathlib.Path(FLAGS.cache_dir) / f"demo_data_{FLAGS.demo_cases}"
+
+
 def next_command(workdir: pathlib.Path, data_dir: str) -> str:
     """What to type next: score the run's held-out fold (or, trained on every case, export it)."""
     if FLAGS.fold < 0:
@@ -206,8 +211,7 @@ def main(argv):
     print(f"oneDNN CPU kernels: {'on' if onednn_enabled() else 'off'}")
     if not FLAGS.data_dir:  # the demo dataset is written there
         writable_folder(FLAGS.cache_dir, "--cache_dir")
-    data_dir = FLAGS.data_dir or str(write_demo_dataset(
-        pathlib.Path(FLAGS.cache_dir) / f"demo_data_{FLAGS.demo_cases}", FLAGS.demo_cases))
+    data_dir = FLAGS.data_dir or str(write_demo_dataset(demo_data_dir(), FLAGS.demo_cases))
     config = build_config(data_dir)
     workdir = pathlib.Path(FLAGS.workdir)
     summary = train(config, progress=FLAGS.progress, replay_flags=FLAGS.flags_into_string())

@@ -1,5 +1,5 @@
 """The whole hippocampus recipe in one command: train on the training folds, evaluate on the
-validation fold, print the figures for BENCHMARKS.md.
+validation fold, print the figures for docs/results/hippocampus.md.
 
     python bench/bench_hippocampus.py [--config=configs/hippocampus_paper.flags]
         [--workdir=runs/hippocampus] [--flag=override ...]

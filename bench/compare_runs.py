@@ -8,7 +8,7 @@ interval over cases, and how many cases got better / equal / worse. For HD95 and
 lower is better: a negative difference is an improvement.
 
 The interval covers the choice of cases only, not the randomness of training: two single
-runs that differ only in --seed can differ by more than it suggests (how much: BENCHMARKS.md,
+runs that differ only in --seed can differ by more than it suggests (how much: docs/experiments-log.md,
 "Learning rate and seed noise").
 """
 

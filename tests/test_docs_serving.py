@@ -1,4 +1,4 @@
-"""The README's TF Serving commands agree with the files the project ships: the export base
+"""The deployment guide's TF Serving commands (docs/how-to/deploy.md) agree with the files the project ships: the export base
 and the docker mounts, the model name in the container, configs/models.config and the client
 and curl commands, the model config's version policy, and the signature names."""
 
@@ -9,8 +9,7 @@ from conftest import REPO
 
 
 def _serving_commands():
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Deploying with TF Serving"):]
+    section = (REPO / "docs" / "how-to" / "deploy.md").read_text(encoding="utf-8")
     block = section[section.index("```bash") + len("```bash"):]
     block = block[:block.index("```")].replace("\\\n", " ")
     return [shlex.split(line.split("#")[0]) for line in block.strip().splitlines() if line.strip()]
@@ -25,7 +24,7 @@ def _flag(args, name):
     return None
 
 
-def test_readme_serving_commands_match_the_shipped_files():
+def test_the_serving_commands_match_the_shipped_files():
     commands = _serving_commands()
     export = next(c for c in commands if c[:2] == ["python", "export.py"])
     base = _flag(export, "--export_base")
@@ -58,10 +57,9 @@ def test_readme_serving_commands_match_the_shipped_files():
     assert f"@{request_json}" in curl and curl[-1].endswith(f"/v1/models/{name}:predict")
 
 
-def test_readme_signature_table_names_every_signature():
-    """The table lists each signature export.py writes (test_export checks the written ones)."""
+def test_the_signature_table_names_every_signature():
+    """The serving reference lists each signature export.py writes (test_export checks the written ones)."""
     from vnet_tf.serving import SIGNATURES
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Deploying with TF Serving"):text.index("## Hippocampus results")]
+    section = (REPO / "docs" / "reference" / "serving.md").read_text(encoding="utf-8")
     table = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
     assert sorted(set(table) & set(SIGNATURES)) == sorted(SIGNATURES)

@@ -11,7 +11,7 @@ on cached, preprocessed cases) and the exported SavedModel (:mod:`vnet_tf.servin
 is served is what was evaluated.
 
 Invalid inputs fail with ``tf.errors.InvalidArgumentError`` and a message naming the input,
-what was expected and what was found (README, "Serving": the list).
+what was expected and what was found (docs/reference/serving.md: the list).
 """
 
 from __future__ import annotations

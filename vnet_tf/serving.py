@@ -13,8 +13,8 @@ behind three signatures (plain TensorFlow ops: no ``py_function``, no custom ops
 - ``predict_patch``: ``patches`` float32 ``[N, pz, py, px, C]`` (preprocessed) ->
   ``probabilities`` ``[N, pz, py, px, K]``.
 
-Bad requests fail with ``INVALID_ARGUMENT`` and a message naming the input (README,
-"Serving": the list).
+Bad requests fail with ``INVALID_ARGUMENT`` and a message naming the input (docs/reference/serving.md:
+the list).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ SavedModel alike).
 Arrays are in SimpleITK's ``(z, y, x[, c])`` order; ``spacing`` is in mm in the same order;
 ``direction`` is SimpleITK's ``GetDirection()`` (9 values, row-major, indexed ``x, y, z``).
 The training cache preprocesses with SimpleITK (:mod:`vnet_tf.preprocess`); these ops
-follow the same rules (README, "Inference": where they differ and by how much).
+follow the same rules (docs/explanation/inference.md: where they differ and by how much).
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def main() -> None:
 
     if args.layout == "recipe":  # configs/hippocampus.flags' network
         from vnet_tf.model import build_vnet  # pylint: disable=import-outside-toplevel
-        model = build_vnet(kernel_size=3, depth=4, base_width=16, normalization="instance")
+        model = build_vnet(kernel_size=3, depth=4, base_width=16, normalization="instance", convs_right=(1, 1, 1))
     else:
         model = ours_model("ours_monai_layout" if args.layout == "monai" else "ours_paper")
     step = ours_train_step(model, args.batch)

@@ -195,16 +195,17 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     A workdir holds one run: rerunning it with other settings is refused, and rerunning a
     finished run changes nothing and returns its summary (``"already_finished": True``).
     ``replay_flags`` (the command's flags as text) is written to ``flags.txt`` once those
-    checks pass. Errors the user can fix are :class:`~vnet_tf.errors.UserError`."""
+    checks pass. Errors the user can fix are :class:`~vnet_tf.errors.UserError`.
+
+    The parts, in order: :func:`_open_workdir` (checks), :func:`prepare_data` (data check and
+    cache), :func:`_build` (model, optimiser, augmentation, loss inside the strategy's scope),
+    then a :class:`_Run`: :meth:`~_Run.restore`, :meth:`~_Run.start` (input pipeline,
+    validation cases), :meth:`~_Run.loop` (steps, validation, checkpoints) and
+    :meth:`~_Run.finish` (final models, summary)."""
     config.validate()
     clock_start = time.perf_counter()
-    workdir = writable_folder(config.workdir, "workdir")
-    writable_folder(config.cache_dir, "cache_dir")
-    for stale in remove_stale(workdir, CHECKPOINT_TEMPORARIES):
-        log(f"removed {stale.name}, a temporary file left by a stopped run")
-    config_file, latest = workdir / "config.json", workdir / CHECKPOINT
-    _check_same_run(config_file, config.to_dict())
-    finished = _finished_summary(workdir, config, read_meta(latest))
+    workdir = _open_workdir(config, log)
+    finished = _finished_summary(workdir, config, read_meta(workdir / CHECKPOINT))
     if finished is not None:  # the caller says so (and which setting continues it)
         return finished
     keras.utils.set_random_seed(config.seed)
@@ -217,6 +218,47 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     if num_classes < 2:
         raise UserError(f"{config.data_dir}: every label is empty (background only); expected at least one "
                         f"foreground class")
+    parts = _build(config, train_paths, val_paths, num_classes, log)
+    run = _Run(config, workdir, log, parts)
+    run.restore(clock_start, bool(val_paths))
+    atomic_write_text(workdir / "config.json", json.dumps(parts.resolved, indent=2))
+    run.start(train_paths, val_paths, progress)
+    run.loop()
+    summary = run.finish()
+    if on_end is not None:
+        on_end(parts.model, parts.strategy)
+    return summary
+
+
+def _open_workdir(config: TrainConfig, log: Callable[[str], None]) -> pathlib.Path:
+    """The run's folder, checked before any work: writable (and the cache's), cleared of a
+    stopped run's temporaries, and holding no run with other settings."""
+    workdir = writable_folder(config.workdir, "workdir")
+    writable_folder(config.cache_dir, "cache_dir")
+    for stale in remove_stale(workdir, CHECKPOINT_TEMPORARIES):
+        log(f"removed {stale.name}, a temporary file left by a stopped run")
+    _check_same_run(workdir / "config.json", config.to_dict())
+    return workdir
+
+
+@dataclasses.dataclass
+class _Parts:
+    """What a run trains with: built once, inside the distribution strategy's scope."""
+    store: CaseStore
+    resolved: dict  # config.json: the settings as resolved against the data, and the case split
+    strategy: object
+    model: keras.Model  # the V-Net that is validated, saved and exported
+    train_model: keras.Model  # the V-Net, or the V-Net with deep-supervision heads (training only)
+    planned_steps: keras.Variable  # the schedule's length, revised by the time budget
+    optimizer: keras.optimizers.Optimizer
+    average: Optional[averaging.WeightAverage]
+    augmentation: Optional[aug_lib.Augmentation]
+    loss_fn: keras.losses.Loss
+    groups: dict  # the checkpoint's variable groups
+    num_classes: int
+
+
+def _build(config: TrainConfig, train_paths, val_paths, num_classes: int, log: Callable[[str], None]) -> _Parts:
     store = CaseStore(train_paths)
     precision = resolve_mixed_precision(config.mixed_precision)
     if config.mixed_precision == "auto":
@@ -226,14 +268,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     resolved = {"train": config.to_dict(), "num_classes": num_classes, "input_channels": store.channels,
                 "model": dataclasses.asdict(model_config), "train_cases": [p.stem for p in train_paths],
                 "validation_cases": [p.stem for p in val_paths]}
-
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise UserError(f"batch_size {config.batch_size} must be divisible by the {replicas} replicas")
     with strategy.scope():
         model = build_vnet(model_config)
-        # The model trained: the V-Net, or the V-Net with deep-supervision heads (training only).
         train_model = ds_lib.supervised_model(model, config.deep_supervision) if config.deep_supervision else model
         planned_steps = keras.Variable(float(config.steps), dtype="float32", trainable=False, name="planned_steps")
         optimizer = make_optimizer(config.optimizer, planned_steps, precision == "mixed_float16")
@@ -254,124 +294,159 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         groups[averaging.UPDATES_GROUP] = [average.updates]
     if train_model is not model:
         groups["deep_supervision"] = ds_lib.head_variables(train_model, model)
+    return _Parts(store, resolved, strategy, model, train_model, planned_steps, optimizer, average, augmentation,
+                  loss_fn, groups, num_classes)
 
-    start_step, best, elapsed_before, total, meta = 0, -1.0, 0.0, config.steps, {}
-    if latest.is_file():
-        meta, count = restore_checkpoint(latest, groups)
-        start_step, best = int(meta["step"]), float(meta["best_score"])
-        elapsed_before = float(meta.get("elapsed_seconds", 0.0))
-        log(f"resumed from {latest} at step {start_step} ({count} variables restored)")
-    budget = config.time_budget_minutes * 60.0
-    clock = BudgetClock(budget, elapsed_before, clock_start)
-    if budget and start_step:  # re-planned for the budget now (it may differ from the last part's)
-        clock.seed(meta.get("seconds_per_step"), meta.get("seconds_per_validation"))
-        total = max(clock.plan(start_step, config.steps, config.validation_every, time.perf_counter(),
-                               bool(val_paths)), start_step)
-    planned_steps.assign(float(total))
-    atomic_write_text(config_file, json.dumps(resolved, indent=2))
 
-    device_aug = augmentation if config.augment_on == "device" else None
-    pipeline = PipelineConfig(config.patch_size_zyx, config.batch_size, config.foreground_fraction,
-                              config.class_balance, config.seed)
-    dataset = training_dataset(train_paths, pipeline, start_batch=start_step, store=store,
-                               host_augmentation=augmentation if config.augment_on == "host" else None,
-                               deterministic=config.deterministic)
-    if config.strategy == "multi_worker":
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        dataset = dataset.with_options(options)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    step_fn = _make_step(train_model, optimizer, loss_fn, device_aug, strategy, config.batch_size, average)
+class _Run:
+    """One run from its checkpoint to its summary; the state the step loop carries."""
 
-    val_cases = [load_cached_case(p) for p in val_paths]
-    validator = validation_segmenter(model, config, val_cases[0].image.shape[-1], num_classes) if val_cases else None
-    logger = TrainingLogger(workdir / "tensorboard", total, start_step, progress and strategy_is_chief(strategy))
-    last_scores, history = None, []
-    started = time.perf_counter()
-    step = start_step
-    first_step_done = None
-    # Steady-state rate: training steps only (no validation / checkpoints), after the first
-    # steps (tracing).
-    warm_steps = 10 if config.steps - start_step >= 20 else 1
+    def __init__(self, config: TrainConfig, workdir: pathlib.Path, log: Callable[[str], None], parts: _Parts):
+        self.config, self.workdir, self.log, self.parts = config, workdir, log, parts
+        self.latest = workdir / CHECKPOINT
+        self.budget = config.time_budget_minutes * 60.0
+        self.start_step, self.step, self.total, self.best, self.meta = 0, 0, config.steps, -1.0, {}
+        self.last_scores, self.history = None, []
+        # Steady-state rate: time in training steps only (no validation), after the first
+        # steps (tracing).
+        self.step_seconds, self.first_step_done = 0.0, None
 
-    def replan(step):
+    def restore(self, clock_start: float, has_validation: bool) -> None:
+        """Continues from the latest checkpoint, if any, and plans the run's length (for the
+        time budget given now, which may differ from the last part's)."""
+        config, elapsed_before = self.config, 0.0
+        if self.latest.is_file():
+            self.meta, count = restore_checkpoint(self.latest, self.parts.groups)
+            self.start_step, self.best = int(self.meta["step"]), float(self.meta["best_score"])
+            elapsed_before = float(self.meta.get("elapsed_seconds", 0.0))
+            self.log(f"resumed from {self.latest} at step {self.start_step} ({count} variables restored)")
+        self.step = self.start_step
+        self.clock = BudgetClock(self.budget, elapsed_before, clock_start)
+        if self.budget and self.start_step:
+            self.clock.seed(self.meta.get("seconds_per_step"), self.meta.get("seconds_per_validation"))
+            self.total = max(self.clock.plan(self.start_step, config.steps, config.validation_every,
+                                             time.perf_counter(), has_validation), self.start_step)
+        self.parts.planned_steps.assign(float(self.total))
+
+    def start(self, train_paths, val_paths, progress: bool) -> None:
+        """The input pipeline at the run's next batch, the compiled step, the validation cases
+        and the logger."""
+        config, parts = self.config, self.parts
+        device_aug = parts.augmentation if config.augment_on == "device" else None
+        pipeline = PipelineConfig(config.patch_size_zyx, config.batch_size, config.foreground_fraction,
+                                  config.class_balance, config.seed)
+        dataset = training_dataset(train_paths, pipeline, start_batch=self.start_step, store=parts.store,
+                                   host_augmentation=parts.augmentation if config.augment_on == "host" else None,
+                                   deterministic=config.deterministic)
+        if config.strategy == "multi_worker":
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+            dataset = dataset.with_options(options)
+        self.iterator = iter(parts.strategy.experimental_distribute_dataset(dataset))
+        self.step_fn = _make_step(parts.train_model, parts.optimizer, parts.loss_fn, device_aug, parts.strategy,
+                                  config.batch_size, parts.average)
+        self.val_cases = [load_cached_case(p) for p in val_paths]
+        self.validator = (validation_segmenter(parts.model, config, self.val_cases[0].image.shape[-1],
+                                               parts.num_classes) if self.val_cases else None)
+        self.logger = TrainingLogger(self.workdir / "tensorboard", self.total, self.start_step,
+                                     progress and strategy_is_chief(parts.strategy))
+        self.warm_steps = 10 if config.steps - self.start_step >= 20 else 1
+
+    def loop(self) -> None:
+        """Steps to the planned length, validating and checkpointing on the way."""
+        config, self.started = self.config, time.perf_counter()
+        while self.step < self.total:
+            tick = time.perf_counter()
+            loss = float(self.step_fn(next(self.iterator)))
+            self.step += 1
+            step = self.step
+            timed = self.first_step_done is not None
+            if timed:
+                self.step_seconds += time.perf_counter() - tick
+            elif step - self.start_step >= self.warm_steps:
+                self.first_step_done = step
+            self.history.append(loss)
+            lr = float(keras.ops.convert_to_numpy(self.parts.optimizer.learning_rate))
+            self.logger.step(step, loss, lr, config.batch_size)
+            validating = bool(self.val_cases) and step % config.validation_every == 0
+            if self.budget and step % config.checkpoint_every == 0 and not validating:
+                self._replan()  # (at a validation step, once the validation's time is known)
+            validation_seconds = 0.0
+            if step % config.validation_every == 0 or step == self.total:
+                validation_seconds = self._validate()
+            if step % config.checkpoint_every == 0 or step == self.total:
+                self._checkpoint(loss)
+            if timed:  # the step, its logs and checkpoint: what each further step will cost
+                self.clock.add_step(time.perf_counter() - tick - validation_seconds)
+        self.seconds = time.perf_counter() - self.started
+
+    def _replan(self) -> None:
         """The run's length for the time left (the schedule and progress bar follow it)."""
-        planned = max(clock.plan(step, config.steps, config.validation_every, time.perf_counter(),
-                                 bool(val_cases)), step)
-        planned_steps.assign(float(planned))
-        logger.bar.target = planned
-        return planned
+        planned = max(self.clock.plan(self.step, self.config.steps, self.config.validation_every,
+                                      time.perf_counter(), bool(self.val_cases)), self.step)
+        self.parts.planned_steps.assign(float(planned))
+        self.logger.bar.target = planned
+        self.total = planned
 
-    step_seconds = 0.0  # time in training steps after the warm-up, validation excluded
-
-    def averaged():
+    def _averaged(self):
         """The model holds the weight average (where there is one) inside the block."""
-        return average.applied() if average is not None else contextlib.nullcontext()
+        return self.parts.average.applied() if self.parts.average is not None else contextlib.nullcontext()
 
-    while step < total:
-        tick = time.perf_counter()
-        loss = float(step_fn(next(iterator)))
-        step += 1
-        timed = first_step_done is not None
-        if timed:
-            step_seconds += time.perf_counter() - tick
-        elif step - start_step >= warm_steps:
-            first_step_done = step
-        history.append(loss)
-        lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        logger.step(step, loss, lr, config.batch_size)
-        validating = bool(val_cases) and step % config.validation_every == 0
-        if budget and step % config.checkpoint_every == 0 and not validating:
-            total = replan(step)  # (at a validation step, once the validation's time is known)
-        validation_seconds = 0.0
-        if step % config.validation_every == 0 or step == total:
-            if val_cases:
-                started_validation = time.perf_counter()
-                with averaged():
-                    scores, example = validate_cases(validator, val_cases, num_classes)
-                    last_scores = scores.mean(axis=0)
-                    score = float(last_scores[1:].mean())
-                    logger.validation(step, last_scores, example)
-                    if score > best:
-                        best = score
-                        _save_best(workdir, model, groups, step, best)
-                validation_seconds = time.perf_counter() - started_validation
-                clock.add_validation(validation_seconds)
-                if budget and step < total:  # if it used up the budget, it was the last one
-                    total = replan(step)
-        if step % config.checkpoint_every == 0 or step == total:
-            save_checkpoint(latest, groups, {"step": step, "best_score": best, "planned_steps": total,
-                                             "elapsed_seconds": clock.elapsed(time.perf_counter()), **clock.rates(),
-                                             "final_loss": loss, "validation_dice_per_class": _floats(last_scores)})
-        if timed:  # the step, its logs and checkpoint: what each further step will cost
-            clock.add_step(time.perf_counter() - tick - validation_seconds)
-    seconds = time.perf_counter() - started
-    logger.close()
-    if average is not None:  # the training weights too, to compare against the average
-        _atomic_keras_save(model, workdir / RAW_MODEL)
-    with averaged():
-        _atomic_keras_save(model, workdir / "model.keras")
-        if not (workdir / "best.keras").exists():
-            _atomic_keras_save(model, workdir / "best.keras")
-    summary = {"steps": step, "resumed_from_step": start_step, "seconds_this_run": round(seconds, 1),
-               "steps_per_second": round((step - start_step) / seconds, 4) if seconds > 0 and step > start_step else None,
-               "steps_per_second_steady": (round((step - first_step_done) / step_seconds, 4)
-                                           if first_step_done is not None and step_seconds > 0 else None),
-               # (a resumed run that had no step left to take reports its checkpoint's figures)
-               "final_loss": history[-1] if history else meta.get("final_loss"), "loss_history": history,
-               "validation_dice_per_class": (_floats(last_scores) if last_scores is not None
-                                             else meta.get("validation_dice_per_class")),
-               "best_validation_dice": best if best >= 0 else None,
-               "time_budget_minutes": config.time_budget_minutes or None,
-               "weight_average": config.weight_average or None,
-               "elapsed_seconds": round(clock.elapsed(time.perf_counter()), 1),
-               "stopped_by_budget": bool(budget) and step < config.steps,
-               "speed": clock.speed(),
-               "peak_memory_mb": round(_peak_rss_mb(), 1), "workdir": str(workdir.resolve())}
-    atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
-    if on_end is not None:
-        on_end(model, strategy)
-    return summary
+    def _validate(self) -> float:
+        """Scores the validation cases, keeps the best weights; returns the seconds it took."""
+        if not self.val_cases:
+            return 0.0
+        started = time.perf_counter()
+        with self._averaged():
+            scores, example = validate_cases(self.validator, self.val_cases, self.parts.num_classes)
+            self.last_scores = scores.mean(axis=0)
+            score = float(self.last_scores[1:].mean())
+            self.logger.validation(self.step, self.last_scores, example)
+            if score > self.best:
+                self.best = score
+                _save_best(self.workdir, self.parts.model, self.parts.groups, self.step, self.best)
+        seconds = time.perf_counter() - started
+        self.clock.add_validation(seconds)
+        if self.budget and self.step < self.total:  # if it used up the budget, it was the last one
+            self._replan()
+        return seconds
+
+    def _checkpoint(self, loss: float) -> None:
+        save_checkpoint(self.latest, self.parts.groups,
+                        {"step": self.step, "best_score": self.best, "planned_steps": self.total,
+                         "elapsed_seconds": self.clock.elapsed(time.perf_counter()), **self.clock.rates(),
+                         "final_loss": loss, "validation_dice_per_class": _floats(self.last_scores)})
+
+    def finish(self) -> dict:
+        """Saves the final models and writes ``summary.json``; returns the summary."""
+        config, workdir, model, step = self.config, self.workdir, self.parts.model, self.step
+        self.logger.close()
+        if self.parts.average is not None:  # the training weights too, to compare against the average
+            _atomic_keras_save(model, workdir / RAW_MODEL)
+        with self._averaged():
+            _atomic_keras_save(model, workdir / "model.keras")
+            if not (workdir / "best.keras").exists():
+                _atomic_keras_save(model, workdir / "best.keras")
+        seconds, ran = self.seconds, step - self.start_step
+        summary = {"steps": step, "resumed_from_step": self.start_step, "seconds_this_run": round(seconds, 1),
+                   "steps_per_second": round(ran / seconds, 4) if seconds > 0 and ran > 0 else None,
+                   "steps_per_second_steady": (round((step - self.first_step_done) / self.step_seconds, 4)
+                                               if self.first_step_done is not None and self.step_seconds > 0
+                                               else None),
+                   # (a resumed run that had no step left to take reports its checkpoint's figures)
+                   "final_loss": self.history[-1] if self.history else self.meta.get("final_loss"),
+                   "loss_history": self.history,
+                   "validation_dice_per_class": (_floats(self.last_scores) if self.last_scores is not None
+                                                 else self.meta.get("validation_dice_per_class")),
+                   "best_validation_dice": self.best if self.best >= 0 else None,
+                   "time_budget_minutes": config.time_budget_minutes or None,
+                   "weight_average": config.weight_average or None,
+                   "elapsed_seconds": round(self.clock.elapsed(time.perf_counter()), 1),
+                   "stopped_by_budget": bool(self.budget) and step < config.steps,
+                   "speed": self.clock.speed(),
+                   "peak_memory_mb": round(_peak_rss_mb(), 1), "workdir": str(workdir.resolve())}
+        atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
+        return summary
 
 
 def strategy_is_chief(strategy) -> bool:

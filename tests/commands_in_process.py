@@ -26,7 +26,7 @@ def main(command: str, cases_file: str, results_file: str) -> None:
     from absl import flags
     from vnet_tf import cli
 
-    module = importlib.import_module(command)
+    module = importlib.import_module(f"vnet_tf.commands.{command}")
     results = []
     for argv in json.loads(pathlib.Path(cases_file).read_text(encoding="utf-8")):
         flags.FLAGS.unparse_flags()

@@ -74,7 +74,7 @@ def flagfile_config(name, monkeypatch, *extra):
     from absl import flags
     monkeypatch.chdir(REPO)
     monkeypatch.syspath_prepend(str(REPO))
-    import train  # noqa: F401  (defines the flags)
+    from vnet_tf.commands import train  # (defines the flags)
     flags.FLAGS.unparse_flags()
     try:
         flags.FLAGS(["train.py", f"--flagfile=configs/{name}", *extra])

@@ -12,8 +12,11 @@ from conftest import REPO
 
 PAGES = [REPO / "README.md", REPO / "BENCHMARKS.md", *sorted((REPO / "docs").rglob("*.md"))]
 ABSL_BUILTINS = {"flagfile", "helpfull", "help", "helpshort"}
-# A command: `python` then a script or a module, up to the end of the shell command.
-COMMAND = re.compile(r"python (-m [\w.]+|[\w/]+\.py)([^;`|)\n]*)")
+# A command: `python` then a script or a module, or an installed `vnet-*` command, up to the
+# end of the shell command.
+COMMAND = re.compile(r"(?:python (-m [\w.]+|[\w/]+\.py)|(vnet-[a-z]+))([^;`|)\n]*)")
+INSTALLED = {"vnet-train": "train.py", "vnet-evaluate": "evaluate.py", "vnet-export": "export.py",
+             "vnet-check": "-m vnet_tf.check", "vnet-client": "-m vnet_tf.client"}
 
 
 def _tool():
@@ -44,7 +47,7 @@ def _commands(page):
             found += COMMAND.findall(line.split(" #")[0])
     for span in re.findall(r"(?<!`)`(python [^`]+)`(?!`)", text):
         found += COMMAND.findall(span.replace("\n", " "))
-    return found
+    return [(script or INSTALLED.get(installed, installed), rest) for script, installed, rest in found]
 
 
 def _known_flags(target, command_flags):
@@ -81,7 +84,14 @@ def test_every_documented_command_uses_existing_scripts_files_and_flags(command_
                 if not (REPO / path).is_file():
                     problems.append(f"{page.name}: python {script}: no such file {path}")
     assert seen > 40, seen  # the pages were read and their commands found
+    assert sorted(_pyproject_scripts()) == sorted(INSTALLED)
     assert not problems, "\n".join(problems)
+
+
+def _pyproject_scripts():
+    import tomllib
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["scripts"]
 
 
 def test_every_relative_link_resolves():
@@ -101,7 +111,7 @@ def test_the_demo_prints_the_next_command_the_readme_shows(monkeypatch):
     from absl import flags
     monkeypatch.chdir(REPO)
     monkeypatch.syspath_prepend(str(REPO))
-    import train
+    from vnet_tf.commands import train
     flags.FLAGS.unparse_flags()
     try:
         flags.FLAGS(["train.py", "--flagfile=configs/demo.flags"])

@@ -3,9 +3,9 @@
     python tools/flag_reference.py           # rewrite docs/reference/flags.md
     python tools/flag_reference.py --check   # exit 1 if the file is not what the code gives
 
-The flags are read from the commands themselves: the absl flags that ``train.py``,
-``evaluate.py`` and ``export.py`` define (each imported in its own process, as their flag
-names overlap; none of them imports TensorFlow at module level), and the argparse parsers
+The flags are read from the commands themselves: the absl flags that
+:mod:`vnet_tf.commands` ``train``, ``evaluate`` and ``export`` define (each imported in its own
+process, as their flag names overlap), and the argparse parsers
 of ``python -m vnet_tf.check`` and ``python -m vnet_tf.client``. train.py's flags are
 grouped by the ``# section`` comments that precede their definitions.
 """
@@ -47,15 +47,16 @@ def _absl_dump(command: str) -> list:
     sys.path.insert(0, str(REPO))
     import importlib
     from absl import flags
-    importlib.import_module(command)
-    sections = _sections(REPO / f"{command}.py")
+    module_name = f"vnet_tf.commands.{command}"
+    importlib.import_module(module_name)
+    sections = _sections(REPO / "vnet_tf" / "commands" / f"{command}.py")
     rows = []
-    for module in (command, *SHARED_MODULES):
+    for module in (module_name, *SHARED_MODULES):
         for flag in flags.FLAGS.get_flags_for_module(module):
             rows.append({"name": flag.name, "type": flag.flag_type(),
                          "default": (flag.default_as_str or "").strip("'"), "help": flag.help,
                          "choices": [],  # absl's help already begins with <a|b|c>
-                         "section": sections.get(flag.name, "") if module == command else "errors"})
+                         "section": sections.get(flag.name, "") if module == module_name else "errors"})
     return rows
 
 

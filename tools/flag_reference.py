@@ -48,15 +48,19 @@ def _absl_dump(command: str) -> list:
     import importlib
     from absl import flags
     module_name = f"vnet_tf.commands.{command}"
-    importlib.import_module(module_name)
+    module = importlib.import_module(module_name)
+    field_of = getattr(module, "FIELD_OF", {})
     sections = _sections(REPO / "vnet_tf" / "commands" / f"{command}.py")
     rows = []
-    for module in (module_name, *SHARED_MODULES):
-        for flag in flags.FLAGS.get_flags_for_module(module):
+    for owner in (module_name, *SHARED_MODULES):
+        for flag in flags.FLAGS.get_flags_for_module(owner):
             rows.append({"name": flag.name, "type": flag.flag_type(),
                          "default": (flag.default_as_str or "").strip("'"), "help": flag.help,
                          "choices": [],  # absl's help already begins with <a|b|c>
-                         "section": sections.get(flag.name, "") if module == module_name else "errors"})
+                         "section": sections.get(flag.name, "") if owner == module_name else "errors",
+                         "field": field_of.get(flag.name, "")})
+    if hasattr(module, "NOT_FLAGS"):
+        rows.append({"not_flags": module.NOT_FLAGS})
     return rows
 
 
@@ -98,21 +102,31 @@ def render(commands: dict) -> str:
            "(later flags override the file's) and `--helpfull`.", ""]
     for command, rows in commands.items():
         out += [f"## python {command}", ""]
+        not_flags = next((row["not_flags"] for row in rows if "not_flags" in row), None)
+        rows = [row for row in rows if "not_flags" not in row]
+        fields = any(row.get("field") for row in rows)
         section = None
         for row in rows:
             if row["section"] != section:
                 section = row["section"]
                 if section:
                     out += [f"**{section}**", ""]
-                out += ["| flag | type | default | meaning |", "|---|---|---|---|"]
+                out += (["| flag | type | default | sets (TrainConfig) | meaning |", "|---|---|---|---|---|"] if fields
+                        else ["| flag | type | default | meaning |", "|---|---|---|---|"])
             meaning = row["help"]
             if row["choices"]:
                 meaning += f" (one of: {', '.join(row['choices'])})"
             default = f"`{row['default']}`" if row["default"] != "" else ""
             name = row["name"] if row["name"].startswith("-") or row["name"].isupper() else f"--{row['name']}"
-            out.append(f"| `{name}` | {row['type']} | {_cell(default)} | {_cell(meaning)} |")
+            field = [f"`{row['field']}`" if row.get("field") else ""] if fields else []
+            out.append(" | ".join([f"| `{name}`", row["type"], _cell(default), *field, _cell(meaning)]) + " |")
             if rows.index(row) + 1 < len(rows) and rows[rows.index(row) + 1]["section"] != section:
                 out.append("")
+        if not_flags:
+            out += ["**Settings with no flag** (fields of TrainConfig that a library caller can set):", "",
+                    "| field | why no flag |", "|---|---|"]
+            out += [f"| `{field}` | {_cell(why)} |" for field, why in sorted(not_flags.items())]
+            out.append("")
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 

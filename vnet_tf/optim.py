@@ -26,7 +26,7 @@ SCHEDULES = ("constant", "step", "poly", "cosine")
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     name: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     momentum: float = 0.99
     nesterov: bool = False
     weight_decay: float = 0.0

@@ -349,7 +349,7 @@ class _Run:
         self.validator = (validation_segmenter(parts.model, config, self.val_cases[0].image.shape[-1],
                                                parts.num_classes) if self.val_cases else None)
         self.logger = TrainingLogger(self.workdir / "tensorboard", self.total, self.start_step,
-                                     progress and strategy_is_chief(parts.strategy))
+                                     progress and strategy_is_chief(parts.strategy), config.log_every)
         self.warm_steps = 10 if config.steps - self.start_step >= 20 else 1
 
     def loop(self) -> None:

@@ -33,7 +33,9 @@ def overlay(image: np.ndarray, label: np.ndarray, prediction: np.ndarray) -> np.
 class TrainingLogger:
     """Progress bar + TensorBoard writer of one run."""
 
-    def __init__(self, log_dir: pathlib.Path, total_steps: int, start_step: int, show_progress: bool = True):
+    def __init__(self, log_dir: pathlib.Path, total_steps: int, start_step: int, show_progress: bool = True,
+                 rate_every: int = 10):
+        self.rate_every = rate_every  # steps between TensorBoard's steps/s and patches/s points
         self.writer = tf.summary.create_file_writer(str(log_dir))
         self.bar = keras.utils.Progbar(total_steps, stateful_metrics=["loss", "val_dice", "lr"],
                                        verbose=1 if show_progress else 0)
@@ -51,7 +53,7 @@ class TrainingLogger:
         with self.writer.as_default(step=step):
             tf.summary.scalar("train/loss", loss)
             tf.summary.scalar("train/learning_rate", lr)
-            if step % 10 == 0:
+            if step % self.rate_every == 0:
                 now = time.perf_counter()
                 rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
                 tf.summary.scalar("train/steps_per_second", rate)

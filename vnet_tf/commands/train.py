@@ -96,6 +96,7 @@ flags.DEFINE_integer("batch_size", 2, "patches per step (global, split over repl
 flags.DEFINE_float("foreground_fraction", 1 / 3, "patches centred on foreground", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("validation_every", 100, "validate every this many steps", lower_bound=1)
 flags.DEFINE_integer("checkpoint_every", 50, "checkpoint every this many steps", lower_bound=1)
+flags.DEFINE_integer("log_every", 10, "TensorBoard's steps/s and patches/s every this many steps", lower_bound=1)
 flags.DEFINE_float("val_overlap", 0.25, "sliding-window overlap at validation", lower_bound=0.0, upper_bound=0.95)
 flags.DEFINE_list("mirror_axes", [], "test-time mirroring axes, stored for evaluate.py")
 flags.DEFINE_enum("postprocess", "none", ["none", "largest", "min_size"], "post-processing, stored for evaluate.py")
@@ -106,6 +107,66 @@ flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bf
                   "and no GPU, else none")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy")
 flags.DEFINE_bool("progress", True, "show a progress bar")
+
+# Where each flag goes: the field of TrainConfig (dotted through its nested configs) whose
+# default the flag's default must equal (tests/test_settings.py holds them equal, and checks
+# that every field is here or in NOT_FLAGS).
+FIELD_OF = {
+    "data_dir": "data_dir", "layout": "layout", "workdir": "workdir", "cache_dir": "cache_dir",
+    "num_classes": "num_classes", "target_spacing": "preprocess.target_spacing_zyx",
+    "intensity_normalization": "preprocess.normalization", "clip_percentiles": "preprocess.clip_percentiles",
+    "patch_size": "patch_size_zyx", "num_folds": "num_folds", "fold": "fold",
+    "max_validation_cases": "max_validation_cases",
+    "variant": "model.variant", "base_width": "model.base_width", "depth": "model.depth",
+    "kernel_size": "model.kernel_size", "convs_left": "model.convs_left", "convs_right": "model.convs_right",
+    "activation": "model.activation", "normalization": "model.normalization", "dropout": "model.dropout",
+    "loss": "loss", "include_background": "include_background", "dice_squared": "dice_squared",
+    "batch_dice": "batch_dice", "deep_supervision": "deep_supervision",
+    "optimizer": "optimizer.name", "learning_rate": "optimizer.learning_rate", "momentum": "optimizer.momentum",
+    "nesterov": "optimizer.nesterov", "weight_decay": "optimizer.weight_decay", "lr_schedule": "optimizer.schedule",
+    "lr_decay_steps": "optimizer.decay_steps", "lr_decay_factor": "optimizer.decay_factor",
+    "poly_power": "optimizer.poly_power", "warmup_steps": "optimizer.warmup_steps", "clipnorm": "optimizer.clipnorm",
+    "weight_average": "weight_average", "augment_on": "augment_on",
+    "aug_elastic_p": "augment.elastic_probability", "aug_elastic_sigma": "augment.elastic_sigma",
+    "aug_elastic_mesh": "augment.elastic_mesh", "aug_elastic_axes": "augment.elastic_axes",
+    "aug_affine_p": "augment.affine_probability", "aug_rotation": "augment.rotation_degrees",
+    "aug_scale": "augment.scale_range", "aug_histogram_p": "augment.histogram_probability",
+    "aug_flip_axes": "augment.flip_axes", "aug_flip_p": "augment.flip_probability",
+    "aug_gamma_p": "augment.gamma_probability", "aug_gamma_inverted_p": "augment.gamma_inverted_probability",
+    "aug_gamma_retain_stats": "augment.gamma_retain_stats", "aug_lowres_p": "augment.lowres_probability",
+    "aug_lowres_zoom": "augment.lowres_zoom", "aug_brightness_contrast_p": "augment.brightness_contrast_probability",
+    "aug_noise_p": "augment.noise_probability", "aug_noise_std": "augment.noise_std",
+    "aug_blur_p": "augment.blur_probability",
+    "steps": "steps", "time_budget_minutes": "time_budget_minutes", "batch_size": "batch_size",
+    "foreground_fraction": "foreground_fraction", "validation_every": "validation_every",
+    "checkpoint_every": "checkpoint_every", "log_every": "log_every", "val_overlap": "inference.overlap",
+    "mirror_axes": "inference.mirror_axes", "postprocess": "inference.postprocess", "seed": "seed",
+    "deterministic": "deterministic", "mixed_precision": "mixed_precision", "strategy": "strategy",
+}
+# Flags that set no field: the command's own behaviour.
+COMMAND_ONLY = {"demo_cases": "the size of the embedded demo dataset, written when --data_dir is empty",
+                "progress": "the progress bar"}
+# Fields with no flag, and why (the library's callers can set them).
+NOT_FLAGS = {
+    "model.input_channels": "read from the data", "model.num_classes": "read from the data (or --num_classes)",
+    "model.dtype_policy": "set by --mixed_precision",
+    "model.norm_groups": "group normalisation's groups; the library's default (8) in the commands",
+    "inference.patch_size_zyx": "the run's --patch_size", "inference.batch_size": "evaluate.py --window_batch",
+    "inference.blend": "Gaussian blending only", "inference.sigma_scale": "nnU-Net's 1/8 of the patch",
+    "inference.min_size": "with --postprocess=min_size, not yet a flag",
+    "preprocess.orientation": "LPS, the orientation the inference graph serves",
+    "preprocess.image_interpolation": "linear: the inference graph resamples linearly only",
+    "preprocess.label_interpolation": "nearest, as the inference graph maps labels back",
+    "preprocess.crop_size_zyx": "a centre crop: the library's, for data larger than any patch",
+    "preprocess.n4": "N4 bias correction; a run that used it cannot be exported",
+    "class_balance": "patch centres drawn over the classes present (nnU-Net's); the library's switch",
+    "augment.histogram_landmarks": "the paper's histogram matching: 11 quantile landmarks",
+    "augment.anisotropic_scale": "per-axis zoom spread; the library's",
+    "augment.label_interpolation": "nearest for labels (one-hot linear + argmax in the library)",
+    "augment.fill_mode": "how resampling fills outside the volume; the library's",
+    "augment.blur_sigma": "nnU-Net's range", "augment.brightness_range": "nnU-Net's range",
+    "augment.contrast_range": "nnU-Net's range", "augment.gamma_range": "nnU-Net's range",
+}
 
 
 def _numbers(name, cast, count=None, positive=False):
@@ -182,7 +243,7 @@ def build_config(data_dir: str):
         augment_on=FLAGS.augment_on, patch_size_zyx=patch, batch_size=FLAGS.batch_size,
         foreground_fraction=FLAGS.foreground_fraction, steps=FLAGS.steps,
         time_budget_minutes=FLAGS.time_budget_minutes,
-        validation_every=FLAGS.validation_every, checkpoint_every=FLAGS.checkpoint_every,
+        validation_every=FLAGS.validation_every, checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
         num_folds=FLAGS.num_folds, fold=FLAGS.fold, max_validation_cases=FLAGS.max_validation_cases,
         inference=InferenceConfig(overlap=FLAGS.val_overlap, mirror_axes=_numbers("mirror_axes", int),
                                   postprocess=FLAGS.postprocess),

@@ -1,0 +1,85 @@
+"""Every training setting is defined once: train.py with no flags builds exactly the
+dataclasses' defaults, each flag sets the one field ``FIELD_OF`` names and nothing else, and
+every field of TrainConfig has a flag or a stated reason for having none."""
+
+import dataclasses
+
+import pytest
+from absl import flags
+
+from conftest import REPO
+
+# A valid value other than the default, where the generic rule below would not give one.
+OTHER = {
+    "data_dir": None, "workdir": "runs/other", "cache_dir": ".other_cache", "num_classes": "3",
+    "target_spacing": "1.5,1,1", "clip_percentiles": "0.5,99.5", "patch_size": "16,32,32",
+    "kernel_size": "5", "convs_left": "1,2,2,2", "convs_right": "1,1,1", "aug_elastic_mesh": "3,3,3",
+    "aug_elastic_axes": "1,1,0", "aug_rotation": "30,30,30", "aug_scale": "0.7,1.4", "aug_flip_axes": "0,2",
+    "aug_lowres_zoom": "0.6,0.9", "mirror_axes": "0,1", "fold": "1", "deep_supervision": "1",
+    "max_validation_cases": "3", "time_budget_minutes": "30", "weight_average": "0.99",
+}
+
+
+@pytest.fixture()
+def command(monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+    from vnet_tf.commands import train
+    flags.FLAGS.unparse_flags()
+    yield train
+    flags.FLAGS.unparse_flags()
+
+
+def _leaves(config, prefix=""):
+    out = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_leaves(value, f"{prefix}{field.name}."))
+        else:
+            out[f"{prefix}{field.name}"] = value
+    return out
+
+
+def _other_value(name, flag):
+    if name in OTHER:
+        return OTHER[name]
+    if flag.flag_type() == "bool":
+        return str(not flag.default).lower()
+    if flag.flag_type() == "string enum":
+        return next(v for v in flag.parser.enum_values if v != flag.default)
+    if flag.flag_type() == "int":
+        return str(flag.default + 1)
+    if flag.flag_type() == "float":
+        return str(0.5 if flag.default in (0.0, 1.0) else flag.default * 0.5)
+    raise AssertionError(f"--{name}: give a value in OTHER")
+
+
+def test_no_flags_build_the_dataclass_defaults(command):
+    from vnet_tf.training import TrainConfig
+    flags.FLAGS(["train.py"])
+    built = command.build_config("data")
+    assert built == TrainConfig(data_dir="data", workdir=flags.FLAGS.workdir)
+
+
+def test_each_flag_sets_its_field_and_nothing_else(command):
+    flags.FLAGS(["train.py"])
+    defaults = _leaves(command.build_config("data"))
+    for name, field in command.FIELD_OF.items():
+        value = _other_value(name, flags.FLAGS[name])
+        if value is None:  # data_dir is build_config's argument (the demo dataset where empty)
+            continue
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["train.py", f"--{name}={value}"])
+        changed = {k for k, v in _leaves(command.build_config("data")).items() if v != defaults[k]}
+        assert changed == {field}, (name, value, changed)
+
+
+def test_every_field_has_a_flag_or_a_reason(command):
+    from vnet_tf.training import TrainConfig
+    fields = set(_leaves(TrainConfig(data_dir="", workdir="")))
+    mapped, excused = set(command.FIELD_OF.values()), set(command.NOT_FLAGS)
+    assert not mapped & excused
+    assert fields == mapped | excused, (sorted(fields - mapped - excused), sorted((mapped | excused) - fields))
+    own = {flag.name for flag in flags.FLAGS.get_flags_for_module(command.__name__)}
+    assert own == set(command.FIELD_OF) | set(command.COMMAND_ONLY)

@@ -149,8 +149,8 @@ def test_mixed_precision_losses_are_finite(tmp_path, policy):
     assert resolved["train"]["mixed_precision"] == policy
     # evaluate.py scores the weights in float32, as export.py serves them.
     import keras
-    from vnet_tf.training import load_run
-    scored, _ = load_run(tmp_path / "run", "final")
+    from vnet_tf.workdir import restore_model
+    scored, _ = restore_model(tmp_path / "run", "final")
     saved = keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
     conv = "left0_conv0"
     assert scored.get_layer(conv).dtype_policy.name == "float32"

@@ -45,7 +45,7 @@ from vnet_tf.pipeline import CaseStore, PipelineConfig, training_dataset
 from vnet_tf.preprocess import PreprocessConfig
 from vnet_tf.runtime import resolve_mixed_precision
 from vnet_tf.training_logs import TrainingLogger
-from vnet_tf.workdir import BEST, CHECKPOINT, run_model_config
+from vnet_tf.workdir import BEST, CHECKPOINT
 
 LOSSES = ("dice", "dice_ce")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16", "auto")
@@ -568,30 +568,3 @@ def _atomic_keras_save(model, path: pathlib.Path) -> None:
 def _peak_rss_mb() -> float:
     import resource  # pylint: disable=import-outside-toplevel
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def load_run(workdir, which: str = "best"):
-    """``(model, config_dict)`` of a training workdir: ``which`` = ``best`` or ``final`` (the
-    weight average where the run kept one), or ``final_raw`` (a run with a weight average:
-    its final training weights)."""
-    workdir = pathlib.Path(workdir)
-    config_file = workdir / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{workdir}: no config.json; is it a training workdir?")
-    name = {"best": "best.keras", "final": "model.keras", "final_raw": RAW_MODEL}.get(which)
-    if name is None:
-        raise UserError(f"which must be 'best', 'final' or 'final_raw', got {which!r}")
-    run = json.loads(config_file.read_text())
-    if which == "final_raw" and not run["train"].get("weight_average"):
-        raise UserError(f"{workdir}: which='final_raw' needs a run trained with a weight average "
-                        f"(--weight_average > 0); this one kept none, so its final model is 'final'")
-    path = workdir / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file (has the run finished?)")
-    model = keras.saving.load_model(path, compile=False)
-    if run["model"].get("dtype_policy"):
-        # Score what export.py serves: the same weights computed in float32.
-        float32 = build_vnet(run_model_config(run))
-        float32.set_weights(model.get_weights())
-        model = float32
-    return model, run

@@ -353,3 +353,25 @@ def test_augmentation_runs_under_jax_backend():
                          env=subprocess_env(KERAS_BACKEND="jax"), cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(2, 16, 16, 16, 1) [0, 1]" in out.stdout
+
+
+def test_the_registry_builds_each_enabled_transform_once_in_order_with_name_seeds():
+    """Each entry of TRANSFORMS is switched on by its own settings alone, gets the seed its
+    name gives, and the chain keeps the registry's order."""
+    cases = {"histogram_matching": dict(histogram_probability=0.5), "spatial": dict(affine_probability=0.5),
+             "noise": dict(noise_probability=0.5), "blur": dict(blur_probability=0.5),
+             "brightness_contrast": dict(brightness_contrast_probability=0.5),
+             "low_resolution": dict(lowres_probability=0.5), "inverted_gamma": dict(gamma_inverted_probability=0.5),
+             "gamma": dict(gamma_probability=0.5), "flip": dict(flip_axes=(2,))}
+    assert [entry.name for entry in A.TRANSFORMS] == list(cases)
+    assert A.build_augmentation(A.AugmentConfig(), seed=3) is None
+    for entry in A.TRANSFORMS:
+        chain = A.build_augmentation(A.AugmentConfig(**cases[entry.name]), seed=3)
+        assert len(chain.transforms) == 1, entry.name
+        assert chain.transforms[0].seed == A.transform_seed(3, entry.name)
+    everything = {k: v for settings in cases.values() for k, v in settings.items()}
+    chain = A.build_augmentation(A.AugmentConfig(**everything), seed=3)
+    assert [layer.seed for layer in chain.transforms] == [A.transform_seed(3, e.name) for e in A.TRANSFORMS]
+    seeds = {A.transform_seed(3, e.name) for e in A.TRANSFORMS} | {A.transform_seed(4, e.name) for e in A.TRANSFORMS}
+    assert len(seeds) == 2 * len(A.TRANSFORMS)  # distinct across transforms and run seeds
+    assert [layer.compile_with_xla for layer in chain.transforms] == [e.name == "spatial" for e in A.TRANSFORMS]

@@ -28,7 +28,8 @@ component: ``axes=(False, True, True)``.)
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Tuple
+import zlib
+from typing import Callable, Optional, Sequence, Tuple
 
 import keras
 from keras import layers
@@ -41,7 +42,8 @@ from vnet_tf.augment_spatial import (RandomAffine, RandomElasticDeformation, Ran
                                      RandomSpatialTransform)
 
 __all__ = [
-    "Augmentation", "AugmentConfig", "build_augmentation", "quantile_table",
+    "Augmentation", "AugmentConfig", "TRANSFORMS", "Transform", "build_augmentation", "transform_seed",
+    "quantile_table",
     "HistogramMatching", "RandomBrightnessContrast", "RandomGamma", "RandomGaussianBlur",
     "RandomGaussianNoise", "RandomLowResolution", "RandomAffine", "RandomElasticDeformation", "RandomFlip",
     "RandomSpatialTransform",
@@ -116,62 +118,75 @@ class AugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        return any(p > 0 for p in (
-            self.histogram_probability, self.elastic_probability, self.affine_probability,
-            self.noise_probability, self.blur_probability, self.brightness_contrast_probability,
-            self.gamma_probability, self.gamma_inverted_probability,
-            self.lowres_probability)) or (self.flip_probability > 0 and len(self.flip_axes) > 0)
+        return any(entry.enabled(self) for entry in TRANSFORMS)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """One entry of :data:`TRANSFORMS`: when ``config`` enables it, and how to build its layer
+    (``build(config, num_classes, reference_quantiles, seed)``)."""
+
+    name: str
+    enabled: Callable[[AugmentConfig], bool]
+    build: Callable[..., layers.Layer]
+
+
+# Every transform, in the order applied (nnU-Net's). Adding one: its layer class, its
+# AugmentConfig fields, and an entry here; its seed follows from its name.
+TRANSFORMS = (
+    Transform("histogram_matching", lambda c: c.histogram_probability > 0,
+              lambda c, k, refs, s: HistogramMatching(refs, c.histogram_probability,
+                                                      num_landmarks=c.histogram_landmarks, seed=s)),
+    Transform("spatial", lambda c: c.elastic_probability > 0 or c.affine_probability > 0,
+              lambda c, k, refs, s: RandomSpatialTransform(
+                  elastic_probability=c.elastic_probability, mesh_size=c.elastic_mesh, sigma=c.elastic_sigma,
+                  elastic_axes=c.elastic_axes, affine_probability=c.affine_probability,
+                  rotation_degrees=c.rotation_degrees, scale_range=c.scale_range,
+                  anisotropic_scale=c.anisotropic_scale, label_interpolation=c.label_interpolation,
+                  num_classes=k, fill_mode=c.fill_mode, seed=s)),
+    Transform("noise", lambda c: c.noise_probability > 0,
+              lambda c, k, refs, s: RandomGaussianNoise(c.noise_probability, c.noise_std, seed=s)),
+    Transform("blur", lambda c: c.blur_probability > 0,
+              lambda c, k, refs, s: RandomGaussianBlur(c.blur_probability, c.blur_sigma, seed=s)),
+    Transform("brightness_contrast", lambda c: c.brightness_contrast_probability > 0,
+              lambda c, k, refs, s: RandomBrightnessContrast(c.brightness_contrast_probability, c.brightness_range,
+                                                             c.contrast_range, seed=s)),
+    Transform("low_resolution", lambda c: c.lowres_probability > 0,
+              lambda c, k, refs, s: RandomLowResolution(c.lowres_probability, c.lowres_zoom, seed=s)),
+    Transform("inverted_gamma", lambda c: c.gamma_inverted_probability > 0,
+              lambda c, k, refs, s: RandomGamma(c.gamma_inverted_probability, c.gamma_range, invert=True,
+                                                retain_stats=c.gamma_retain_stats, seed=s)),
+    Transform("gamma", lambda c: c.gamma_probability > 0,
+              lambda c, k, refs, s: RandomGamma(c.gamma_probability, c.gamma_range,
+                                                retain_stats=c.gamma_retain_stats, seed=s)),
+    Transform("flip", lambda c: c.flip_probability > 0 and len(c.flip_axes) > 0,
+              lambda c, k, refs, s: RandomFlip(c.flip_axes, c.flip_probability, seed=s)),
+)
+
+
+def transform_seed(seed: Optional[int], name: str) -> Optional[int]:
+    """The seed of transform ``name`` in a run seeded with ``seed``: a stable hash of both, so
+    that adding or reordering transforms leaves the others' random streams as they were."""
+    if seed is None:
+        return None
+    return zlib.crc32(f"{int(seed)}:{name}".encode("utf-8")) % (2 ** 31 - 1)
+
+
 def build_augmentation(config: AugmentConfig, num_classes: int = 2, reference_quantiles=None,
                        seed: Optional[int] = None) -> Optional[Augmentation]:
-    """The :class:`Augmentation` layer for ``config`` (``None`` when nothing is enabled).
+    """The :class:`Augmentation` layer for ``config`` (``None`` when nothing is enabled): the
+    enabled entries of :data:`TRANSFORMS`, in order.
 
     ``reference_quantiles`` (:func:`quantile_table` of the training images) are the targets
     of histogram matching; without them a sample is matched to another one of its batch.
-    Each transform gets its own seed derived from ``seed``. Invalid values raise
-    ``ValueError`` naming the setting.
+    Each transform's seed is :func:`transform_seed` of ``seed`` and its name. Invalid values
+    raise ``ValueError`` naming the setting.
     """
-    if not config.enabled:
+    chosen = [entry for entry in TRANSFORMS if entry.enabled(config)]
+    if not chosen:
         return None
-    base = 0 if seed is None else int(seed) * 16
-
-    def child_seed(k):
-        return None if seed is None else base + k
-
-    transforms = []
-    if config.histogram_probability > 0:
-        transforms.append(HistogramMatching(reference_quantiles, config.histogram_probability,
-                                            num_landmarks=config.histogram_landmarks, seed=child_seed(1)))
-    if config.elastic_probability > 0 or config.affine_probability > 0:
-        transforms.append(RandomSpatialTransform(
-            elastic_probability=config.elastic_probability, mesh_size=config.elastic_mesh,
-            sigma=config.elastic_sigma, elastic_axes=config.elastic_axes,
-            affine_probability=config.affine_probability, rotation_degrees=config.rotation_degrees,
-            scale_range=config.scale_range, anisotropic_scale=config.anisotropic_scale,
-            label_interpolation=config.label_interpolation, num_classes=num_classes,
-            fill_mode=config.fill_mode, seed=child_seed(2)))
-    if config.noise_probability > 0:
-        transforms.append(RandomGaussianNoise(config.noise_probability, config.noise_std, seed=child_seed(3)))
-    if config.blur_probability > 0:
-        transforms.append(RandomGaussianBlur(config.blur_probability, config.blur_sigma, seed=child_seed(4)))
-    if config.brightness_contrast_probability > 0:
-        transforms.append(RandomBrightnessContrast(config.brightness_contrast_probability,
-                                                   config.brightness_range, config.contrast_range,
-                                                   seed=child_seed(5)))
-    if config.lowres_probability > 0:
-        transforms.append(RandomLowResolution(config.lowres_probability, config.lowres_zoom,
-                                              seed=child_seed(8)))
-    if config.gamma_inverted_probability > 0:
-        transforms.append(RandomGamma(config.gamma_inverted_probability, config.gamma_range,
-                                      invert=True, retain_stats=config.gamma_retain_stats,
-                                      seed=child_seed(9)))
-    if config.gamma_probability > 0:
-        transforms.append(RandomGamma(config.gamma_probability, config.gamma_range,
-                                      retain_stats=config.gamma_retain_stats, seed=child_seed(6)))
-    if config.flip_probability > 0 and config.flip_axes:
-        transforms.append(RandomFlip(config.flip_axes, config.flip_probability, seed=child_seed(7)))
-    return Augmentation(transforms, name="augmentation")
+    return Augmentation([entry.build(config, num_classes, reference_quantiles, transform_seed(seed, entry.name))
+                         for entry in chosen], name="augmentation")

@@ -27,6 +27,10 @@ def check_range(name, value, low=None, positive=False):
 class AugmentationLayer(layers.Layer):
     """Base: unbatched-input handling, per-sample coin flips, seed generator."""
 
+    # Whether the training step compiles this transform with XLA: gathers (resampling) run
+    # 6-12x faster under XLA on a CPU, random-number generation and sorting slower (BENCHMARKS.md).
+    compile_with_xla = False
+
     def __init__(self, seed: Optional[int] = None, **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)

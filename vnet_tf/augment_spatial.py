@@ -51,6 +51,8 @@ class RandomSpatialTransform(AugmentationLayer):
       seed: seed of this layer's random generator.
     """
 
+    compile_with_xla = True
+
     def __init__(self, elastic_probability: float = 0.0, mesh_size: Sequence[int] = (2, 2, 2),
                  sigma: float = 15.0, elastic_axes: Sequence[bool] = (True, True, True),
                  affine_probability: float = 0.0, rotation_degrees: Sequence[float] = (0.0, 0.0, 0.0),

@@ -1,18 +1,19 @@
-"""bench/error_breakdown.py: per-label extra / missed / swapped voxels of an evaluate.py folder."""
+"""vnet_tf.commands.error_breakdown: per-label extra / missed / swapped voxels of an evaluate.py folder."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from conftest import load_bench
 from vnet_tf.cases import find_cases
 from vnet_tf.evaluation import evaluate_cases
 from vnet_tf.io import Geometry, write_volume
 
 
 def _bench():
-    return load_bench("error_breakdown")
+    from vnet_tf.commands import error_breakdown
+    return error_breakdown
 
 
 def test_breakdown_counts_match_the_voxels_and_the_reported_dice(tmp_path, rng):
@@ -50,6 +51,8 @@ def test_breakdown_counts_match_the_voxels_and_the_reported_dice(tmp_path, rng):
             assert 2 * m[k, k] / (m[k].sum() + m[:, k].sum()) == pytest.approx(record["labels"][str(k)]["dice"])
 
 
-def test_a_folder_without_summary_is_refused_by_name(tmp_path):
-    with pytest.raises(SystemExit, match=f"error_breakdown: {tmp_path}/summary.json: not found"):
+def test_a_folder_without_summary_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
         _bench().main([str(tmp_path)])
+    assert stop.value.code == 2
+    assert re.search(f"error: {tmp_path}/summary.json: not found", capsys.readouterr().err)

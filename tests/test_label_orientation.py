@@ -1,18 +1,19 @@
-"""bench/label_orientation.py: per-axis label layout across cases, after reorientation."""
+"""vnet_tf.commands.label_orientation: per-axis label layout across cases, after reorientation."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from conftest import load_bench
 from vnet_tf.io import Geometry, write_volume
 
 SPACING_XYZ = (1.0, 1.5, 2.0)
 
 
 def _bench():
-    return load_bench("label_orientation")
+    from vnet_tf.commands import label_orientation
+    return label_orientation
 
 
 def _dataset(tmp_path, layouts, flipped_z=()):
@@ -64,12 +65,16 @@ def test_counts_and_offsets_match_a_brute_force_on_the_reoriented_labels(tmp_pat
     assert "| 1 → 2 | 0 (z) | 4 / 4 |" in text and "yes (100%)" in text.splitlines()[2]
 
 
-def test_a_folder_without_a_dataset_is_refused_by_name(tmp_path):
-    with pytest.raises(SystemExit, match=f"label_orientation: {tmp_path}: cannot tell the dataset layout"):
+def test_a_folder_without_a_dataset_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
         _bench().main([str(tmp_path)])
+    assert stop.value.code == 2
+    assert re.search(f"error: {tmp_path}: cannot tell the dataset layout", capsys.readouterr().err)
 
 
-def test_a_bad_orientation_code_is_refused_by_name(tmp_path, rng):
+def test_a_bad_orientation_code_is_refused_by_name(tmp_path, rng, capsys):
     data = _dataset(tmp_path, {"case_0": _random_layout(rng)})
-    with pytest.raises(SystemExit, match="label_orientation: orientation must be a 3-letter code .* got 'XYZ'"):
+    with pytest.raises(SystemExit) as stop:
         _bench().main([str(data), "--orientation=XYZ"])
+    assert stop.value.code == 2
+    assert re.search("error: orientation must be a 3-letter code .* got 'XYZ'", capsys.readouterr().err)

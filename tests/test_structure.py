@@ -19,7 +19,8 @@ STAGES = {
     "training": ("budget", "training_logs", "training"),
     "evaluation": ("metrics", "figures", "comparison", "evaluation"),
     "serving": ("exporter", "client"),
-    "commands": ("commands", "commands.train", "commands.evaluate", "commands.export"),
+    "commands": ("commands", "commands.train", "commands.evaluate", "commands.export", "commands.compare_runs",
+                 "commands.pool_folds", "commands.error_breakdown", "commands.label_orientation"),
 }
 RANK = {"base": 0, "data": 1, "augment": 2, "model": 3, "inference": 4, "training": 5, "evaluation": 5, "serving": 5,
         "commands": 6}

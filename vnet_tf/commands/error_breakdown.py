@@ -1,6 +1,6 @@
 """Where an evaluation's errors are: missed vs extra voxels, and label swaps, per label.
 
-    python bench/error_breakdown.py runs/hippocampus/eval_fold0 [--data_dir=DATA]
+    python -m vnet_tf.commands.error_breakdown runs/hippocampus/eval_fold0 [--data_dir=DATA]
 
 The argument is an evaluate.py output folder: its summary.json names the cases, the labels
 and the dataset (override with --data_dir), and its predictions/ holds the label maps. Prints,
@@ -17,18 +17,16 @@ weighting it up in the loss; balanced errors at the boundary with background wil
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import pathlib
-import sys
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from vnet_tf.cases import find_cases  # noqa: E402  pylint: disable=wrong-import-position
-from vnet_tf.evaluation import find_prediction  # noqa: E402  pylint: disable=wrong-import-position
-from vnet_tf.io import read_volume  # noqa: E402  pylint: disable=wrong-import-position
-from vnet_tf.metrics import confusion_matrix  # noqa: E402  pylint: disable=wrong-import-position
+from vnet_tf.cases import find_cases
+from vnet_tf.evaluation import find_prediction
+from vnet_tf.io import read_volume
+from vnet_tf.metrics import confusion_matrix
 
 
 def breakdown(eval_dir: pathlib.Path, data_dir: str = ""):
@@ -73,18 +71,24 @@ def report(labels, matrices: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vnet-error-breakdown", description=__doc__.splitlines()[0])
     parser.add_argument("eval_dir")
     parser.add_argument("--data_dir", default="", help="the dataset (default: the one summary.json names)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         labels, matrices = breakdown(pathlib.Path(args.eval_dir), args.data_dir)
     except (FileNotFoundError, ValueError, KeyError) as err:
-        raise SystemExit(f"error_breakdown: {err}") from None
+        parser.exit(2, f"error: {err}\n")
     print(f"{args.eval_dir}: {len(matrices)} cases\n")
     print(report(labels, matrices))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

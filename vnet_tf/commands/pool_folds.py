@@ -1,6 +1,6 @@
 """Cross-validation: the per-label mean ± std over the cases of several folds' evaluations.
 
-    python bench/pool_folds.py runs/hippocampus/eval_fold0 runs/hippocampus_fold1/eval_fold1 ...
+    python -m vnet_tf.commands.pool_folds runs/hippocampus/eval_fold0 runs/hippocampus_fold1/eval_fold1 ...
 
 Arguments are evaluate.py output folders (or their metrics.csv), one per fold. Every case
 counts once, scored by the fold model that held it out; a case that appears in two of the
@@ -12,22 +12,24 @@ bootstrap interval of the mean Dice over the cases (how far case sampling alone 
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from vnet_tf.comparison import metrics_csv, pooled_summary  # noqa: E402  pylint: disable=wrong-import-position
+from vnet_tf.comparison import metrics_csv, pooled_summary
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vnet-pool-folds", description=__doc__.splitlines()[0])
     parser.add_argument("evaluations", nargs="+")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = pooled_summary([metrics_csv(p) for p in args.evaluations])
     except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"pool_folds: {err}") from None
+        parser.exit(2, f"error: {err}\n")
     n = {label: r["dice"]["n"] + r["dice"]["missing"] for label, r in result.items()}
     print(f"{len(args.evaluations)} evaluations, {max(n.values())} cases\n")
     print("| label | cases | Dice | Dice mean, 95 % interval | HD95 (mm) | ASSD (mm) | distances missing |\n"
@@ -38,7 +40,8 @@ def main(argv=None) -> None:
         low, high = r["dice"]["ci95"]
         cells.insert(1, f"{low:.3f} to {high:.3f}")
         print(f"| {label} | {n[label]} | {' | '.join(cells)} | {r['hd95']['missing']} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

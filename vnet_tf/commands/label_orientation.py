@@ -1,6 +1,6 @@
 """Is the anatomy laid out the same way in every case? Label centroids per axis.
 
-    python bench/label_orientation.py ../shared/data/Task04_Hippocampus [--orientation=LPS]
+    python -m vnet_tf.commands.label_orientation ../shared/data/Task04_Hippocampus [--orientation=LPS]
 
 Reads every label map, reorients it as preprocessing does (default LPS, the library's
 default), and, for each pair of foreground labels a < b and each array axis (0 = z, 1 = y,
@@ -14,18 +14,15 @@ mirroring along it averages in predictions for such layouts. Read it before choo
 from __future__ import annotations
 
 import argparse
-import itertools
-import pathlib
 import sys
+import itertools
 
 import numpy as np
 import SimpleITK as sitk
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from vnet_tf.cases import find_cases  # noqa: E402  pylint: disable=wrong-import-position
-from vnet_tf.io import image_to_array, read_image  # noqa: E402  pylint: disable=wrong-import-position
-from vnet_tf.preprocess import PreprocessConfig  # noqa: E402  pylint: disable=wrong-import-position
+from vnet_tf.cases import find_cases
+from vnet_tf.io import image_to_array, read_image
+from vnet_tf.preprocess import PreprocessConfig
 
 AXES = ("z", "y", "x")
 
@@ -72,21 +69,27 @@ def report(rows, consistent: float = 0.95) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vnet-label-orientation", description=__doc__.splitlines()[0])
     parser.add_argument("data_dir")
     parser.add_argument("--orientation", default="LPS", help="reorient labels to this code first (as preprocessing)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         labels, found = centroids(args.data_dir, args.orientation)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"label_orientation: {err}") from None
+        parser.exit(2, f"error: {err}\n")
     if len(labels) < 2:
-        raise SystemExit(f"label_orientation: {args.data_dir}: expected at least two foreground labels "
-                         f"to compare, found {labels}")
+        parser.exit(2, f"error: {args.data_dir}: expected at least two foreground labels "
+                         f"to compare, found {labels}\n")
     print(f"{args.data_dir}: {len(found)} cases, labels {labels}, reoriented to {args.orientation}\n")
     print(report(agreement(labels, found)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Paired comparison of two evaluations of the same cases, per label.
 
-    python bench/compare_runs.py runs/hippocampus_fold1/eval_fold1 runs/hippocampus_ds/eval_fold1 [--metric=dice]
+    python -m vnet_tf.commands.compare_runs runs/hippocampus_fold1/eval_fold1 runs/hippocampus_ds/eval_fold1 [--metric=dice]
 
 Arguments are evaluate.py output folders (or their metrics.csv). Prints, per label, the
 base and new means, the mean per-case difference (new - base) with its 95 % bootstrap
@@ -15,33 +15,36 @@ runs that differ only in --seed can differ by more than it suggests (how much: d
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from vnet_tf.comparison import LOWER_IS_BETTER, metrics_csv, paired_comparison, read_metric  # noqa: E402  pylint: disable=wrong-import-position
+from vnet_tf.comparison import LOWER_IS_BETTER, metrics_csv, paired_comparison, read_metric
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vnet-compare-runs", description=__doc__.splitlines()[0])
     parser.add_argument("base")
     parser.add_argument("new")
     parser.add_argument("--metric", default="dice")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = paired_comparison(read_metric(metrics_csv(args.base), args.metric),
                                    read_metric(metrics_csv(args.new), args.metric),
                                    higher_is_better=args.metric not in LOWER_IS_BETTER)
     except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"compare_runs: {err}") from None
+        parser.exit(2, f"error: {err}\n")
     print(f"{args.metric}: {args.new} against {args.base}\n")
     print("| label | cases | base | new | difference (95 % CI) | better / equal / worse |\n|---|---|---|---|---|---|")
     for label, r in result.items():
         low, high = r["ci95"]
         print(f"| {label} | {r['n']} | {r['base_mean']:.4f} | {r['new_mean']:.4f} | "
               f"{r['mean_difference']:+.4f} ({low:+.4f}, {high:+.4f}) | {r['better']} / {r['equal']} / {r['worse']} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -226,14 +226,6 @@ def test_bad_inference_settings(kwargs, word):
         InferenceConfig(**kwargs).validate()
 
 
-def test_parse_mirror_axes():
-    from vnet_tf.inference import parse_mirror_axes
-    assert parse_mirror_axes(["0", "2"]) == (0, 2) and parse_mirror_axes(["none"]) == () and parse_mirror_axes([]) == ()
-    for bad in (["3"], ["x"]):
-        with pytest.raises(ValueError, match="mirror_axes"):
-            parse_mirror_axes(bad)
-
-
 def test_predict_patch_matches_the_eager_model(rng):
     from vnet_tf.model import build_vnet
     model = build_vnet(base_width=4, depth=2, kernel_size=3, normalization="batch", num_classes=3)

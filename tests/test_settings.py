@@ -83,3 +83,11 @@ def test_every_field_has_a_flag_or_a_reason(command):
     assert fields == mapped | excused, (sorted(fields - mapped - excused), sorted((mapped | excused) - fields))
     own = {flag.name for flag in flags.FLAGS.get_flags_for_module(command.__name__)}
     assert own == set(command.FIELD_OF) | set(command.COMMAND_ONLY)
+
+
+def test_parse_mirror_axes():
+    from vnet_tf.cli import parse_mirror_axes
+    assert parse_mirror_axes(["0", "2"]) == (0, 2) and parse_mirror_axes(["none"]) == () and parse_mirror_axes([]) == ()
+    for bad in (["3"], ["x"]):
+        with pytest.raises(ValueError, match="mirror_axes"):
+            parse_mirror_axes(bad)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import Sequence, Tuple
 
 from absl import app, flags
 
@@ -56,3 +57,16 @@ def parse_flags(argv):
 def run(main, argv=None) -> None:
     """``absl.app.run`` with :func:`guarded` and :func:`parse_flags`; exits the process."""
     app.run(guarded(main), argv=argv, flags_parser=parse_flags)
+
+
+def parse_mirror_axes(values: Sequence[str]) -> Tuple[int, ...]:
+    """Axes from command-line text: integers among 0 (z), 1 (y), 2 (x), or ``["none"]`` for
+    no mirroring. Raises ``ValueError`` naming ``mirror_axes``."""
+    texts = [] if list(values) == ["none"] else list(values)
+    try:
+        axes = tuple(int(a) for a in texts)
+    except ValueError as err:
+        raise ValueError(f"mirror_axes: expected integers 0-2 or 'none', got {','.join(values)}") from err
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"mirror_axes: expected integers 0-2 or 'none', got {','.join(values)}")
+    return axes

@@ -65,7 +65,7 @@ def export_run(workdir: Union[PathLike, Sequence[PathLike]], export_base: PathLi
     run["train_cases"] = training_cases(runs)
     if preprocess.n4:
         raise UserError(f"{workdirs[0]}: the run corrects the bias field (N4) before inference, which the "
-                        f"serving graph cannot do; evaluate it with evaluate.py --model=WORKDIR instead")
+                        f"serving graph cannot do; evaluate the training workdir itself instead")
     module = VNetServing(Segmenter(model, preprocess, inference, run["input_channels"], run["num_classes"],
                                    max_voxels))
     writable_folder(export_base, "export_base")

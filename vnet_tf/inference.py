@@ -80,19 +80,6 @@ class InferenceConfig:
         return dataclasses.asdict(self)
 
 
-def parse_mirror_axes(values: Sequence[str]) -> Tuple[int, ...]:
-    """Axes from command-line text: integers among 0 (z), 1 (y), 2 (x), or ``["none"]`` for
-    no mirroring. Raises ``ValueError`` naming ``mirror_axes``."""
-    texts = [] if list(values) == ["none"] else list(values)
-    try:
-        axes = tuple(int(a) for a in texts)
-    except ValueError as err:
-        raise ValueError(f"mirror_axes: expected integers 0-2 or 'none', got {','.join(values)}") from err
-    if any(a not in (0, 1, 2) for a in axes):
-        raise ValueError(f"mirror_axes: expected integers 0-2 or 'none', got {','.join(values)}")
-    return axes
-
-
 def gaussian_weights(patch: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
     """Importance map of a window: a Gaussian centred on the patch, sigma = patch *
     ``sigma_scale`` per axis, scaled to a maximum of 1 and floored at its smallest
@@ -298,7 +285,7 @@ class Segmenter(tf.Module):
         limits = [
             tf.debugging.Assert(voxels <= self.max_voxels, [
                 f"input volume: at the spacing of the run it would hold more than the limit of this model, "
-                f"{self.max_voxels} voxels (export.py --max_voxels); got a grid of", grid, "from shape",
+                f"{self.max_voxels} voxels (the export's max_voxels); got a grid of", grid, "from shape",
                 tf.shape(volume), "and spacing", spacing]),
             tf.debugging.Assert(tf.reduce_all(grid >= MIN_AXIS), [
                 f"input volume: at the spacing of the run it would be under {MIN_AXIS} voxels along an axis; "

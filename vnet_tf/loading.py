@@ -46,8 +46,8 @@ def load_segment(paths: Sequence[PathLike], which: str = "best", overrides: Opti
     exported = [p for p in paths if is_export(p)]
     if exported:
         if len(paths) > 1:
-            raise UserError(f"{exported[0]}: an exported SavedModel is scored alone; export an ensemble as one "
-                            f"(export.py --workdir=A,B) or give the training workdirs")
+            raise UserError(f"{exported[0]}: an exported SavedModel is scored alone; export the runs together as "
+                            f"one ensemble, or give their training workdirs")
         graph_settings = sorted(set(overrides) - set(HOST_SETTINGS))
         if graph_settings:
             raise UserError(f"{paths[0]}: an exported SavedModel keeps the settings it was exported with; "

@@ -72,7 +72,7 @@ def restore_model(workdir: PathLike, which: str = "best"):
     averaged = bool(run["train"].get("weight_average"))
     if which == "final_raw" and not averaged:
         raise UserError(f"{workdir}: which='final_raw' needs a run trained with a weight average "
-                        f"(--weight_average > 0); this one kept none, so its final model is 'final'")
+                        f"(weight_average > 0); this one kept none, so its final model is 'final'")
     model = build_vnet(run_model_config(run))
     path = workdir / (BEST if which == "best" else CHECKPOINT)
     if not path.is_file():

@@ -83,9 +83,8 @@ def _inference_overrides() -> dict:
     if FLAGS.overlap is not None:
         overrides["overlap"] = FLAGS.overlap
     if FLAGS.mirror_axes is not None:
-        from vnet_tf.inference import parse_mirror_axes  # pylint: disable=import-outside-toplevel
         try:
-            overrides["mirror_axes"] = parse_mirror_axes(FLAGS.mirror_axes)
+            overrides["mirror_axes"] = cli.parse_mirror_axes(FLAGS.mirror_axes)
         except ValueError as err:
             raise app.UsageError(f"--{err}") from err
     if FLAGS.postprocess is not None:

@@ -43,9 +43,8 @@ def main(argv):
             raise app.UsageError(f"--workdir {workdir}: no such folder")
     overrides = {}
     if FLAGS.mirror_axes is not None:
-        from vnet_tf.inference import parse_mirror_axes  # pylint: disable=import-outside-toplevel
         try:
-            overrides["mirror_axes"] = parse_mirror_axes(FLAGS.mirror_axes)
+            overrides["mirror_axes"] = cli.parse_mirror_axes(FLAGS.mirror_axes)
         except ValueError as err:
             raise app.UsageError(f"--{err}") from err
     if FLAGS.overlap is not None:

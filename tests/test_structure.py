@@ -15,12 +15,14 @@ STAGES = {
     "data": ("cases", "check", "preprocess", "cache"),
     "augment": ("warp", "augment_base", "augment_spatial", "augment_intensity", "augment", "pipeline"),
     "model": ("model", "losses", "deep_supervision", "optim", "averaging", "checkpoint"),
-    "inference": ("volume_ops", "segmentation", "inference", "ensemble", "workdir", "serving", "loading"),
+    "inference": ("volume_ops", "segmentation", "inference", "ensemble", "workdir", "serving", "loading",
+                  "prediction"),
     "training": ("budget", "training_logs", "training"),
     "evaluation": ("metrics", "figures", "comparison", "evaluation"),
     "serving": ("exporter", "client"),
     "commands": ("commands", "commands.train", "commands.evaluate", "commands.export", "commands.compare_runs",
-                 "commands.pool_folds", "commands.error_breakdown", "commands.label_orientation"),
+                 "commands.pool_folds", "commands.error_breakdown", "commands.label_orientation",
+                 "commands.predict"),
 }
 RANK = {"base": 0, "data": 1, "augment": 2, "model": 3, "inference": 4, "training": 5, "evaluation": 5, "serving": 5,
         "commands": 6}

@@ -25,9 +25,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from vnet_tf import augment as A  # noqa: E402
-from vnet_tf.losses import DiceCELoss  # noqa: E402
-from vnet_tf.model import build_vnet  # noqa: E402
+from vnet_tf.augment import chain as A  # noqa: E402
+from vnet_tf.model.losses import DiceCELoss  # noqa: E402
+from vnet_tf.model.vnet import build_vnet  # noqa: E402
 
 TRANSFORMS = {
     "elastic (B-spline)": dict(elastic_probability=1.0, elastic_sigma=4.0),

@@ -16,11 +16,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vnet_tf.cache import preprocess_dataset  # noqa: E402
-from vnet_tf.cases import find_cases  # noqa: E402
-from vnet_tf.check import check_dataset  # noqa: E402
-from vnet_tf.pipeline import CaseStore  # noqa: E402
-from vnet_tf.preprocess import PreprocessConfig  # noqa: E402
+from vnet_tf.data.cache import preprocess_dataset  # noqa: E402
+from vnet_tf.data.cases import find_cases  # noqa: E402
+from vnet_tf.data.check import check_dataset  # noqa: E402
+from vnet_tf.training.pipeline import CaseStore  # noqa: E402
+from vnet_tf.data.preprocess import PreprocessConfig  # noqa: E402
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     python bench/bench_inference.py --workdir=runs/hippocampus --data_dir=../shared/data/Task04_Hippocampus
 
-1. Library inference (``vnet_tf.segmentation.predict_case`` over the inference graph) seconds per hippocampus case, with
+1. Library inference (``vnet_tf.inference.segmentation.predict_case`` over the inference graph) seconds per hippocampus case, with
    the run's settings, without and with test-time mirroring over all three axes.
 2. The paper V-Net (random weights; speed only) on a 128x128x64 volume: one 64x128x128
    window, seconds per volume.
@@ -36,14 +36,14 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from vnet_tf.cases import find_cases, fold_of  # noqa: E402
-from vnet_tf.exporter import export_run  # noqa: E402
-from vnet_tf.inference import InferenceConfig, Segmenter  # noqa: E402
-from vnet_tf.io import read_image  # noqa: E402
-from vnet_tf.loading import load_segment  # noqa: E402
-from vnet_tf.model import build_vnet  # noqa: E402
-from vnet_tf.preprocess import PreprocessConfig  # noqa: E402
-from vnet_tf.segmentation import predict_case  # noqa: E402
+from vnet_tf.data.cases import find_cases, fold_of  # noqa: E402
+from vnet_tf.serving.exporter import export_run  # noqa: E402
+from vnet_tf.inference.segmenter import InferenceConfig, Segmenter  # noqa: E402
+from vnet_tf.core.io import read_image  # noqa: E402
+from vnet_tf.inference.loading import load_segment  # noqa: E402
+from vnet_tf.model.vnet import build_vnet  # noqa: E402
+from vnet_tf.data.preprocess import PreprocessConfig  # noqa: E402
+from vnet_tf.inference.segmentation import predict_case  # noqa: E402
 
 
 def timed(fn, repeats):

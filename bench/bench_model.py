@@ -30,9 +30,9 @@ def worker(args) -> None:
     import keras  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from vnet_tf.losses import DiceLoss  # pylint: disable=import-outside-toplevel
-    from vnet_tf.model import build_vnet  # pylint: disable=import-outside-toplevel
-    from vnet_tf.runtime import onednn_enabled  # pylint: disable=import-outside-toplevel
+    from vnet_tf.model.losses import DiceLoss  # pylint: disable=import-outside-toplevel
+    from vnet_tf.model.vnet import build_vnet  # pylint: disable=import-outside-toplevel
+    from vnet_tf.core.runtime import onednn_enabled  # pylint: disable=import-outside-toplevel
 
     keras.utils.set_random_seed(0)
     model = build_vnet(base_width=args.width)

@@ -16,9 +16,9 @@ A B C A B C within each setting, after warm-up steps. Models:
   1 / 1,2,3,2 / 2,2,1,1, the extra 5^3 head conv, ELU, batch norm, no dropout).
 
 Training step = forward + Dice loss + backward + SGD (momentum 0.99); ours is the library's
-own compiled step (``vnet_tf.training._make_step``, what train.py runs). Forward = inference
+own compiled step (``vnet_tf.training.loop._make_step``, what train.py runs). Forward = inference
 mode without gradients. FLOPs are counted analytically from the layer shapes
-(``vnet_tf.flops``; convolutions only, 2 per multiply-accumulate; MONAI's by the same rule
+(``vnet_tf.model.flops``; convolutions only, 2 per multiply-accumulate; MONAI's by the same rule
 from hooks on its convolutions). The float32 matmul peak is measured in each process.
 Peak memory is the process's peak resident set (``ru_maxrss``), framework import included;
 "working" subtracts the resident set after import and model build.
@@ -88,7 +88,7 @@ def hippocampus_volumes(count: int, crop=None):
 
 def ours_model(name: str):
     """vnet_tf's paper V-Net, or (``ours_monai_layout``) the same builder in MONAI's layout."""
-    from vnet_tf.model import build_vnet  # pylint: disable=import-outside-toplevel
+    from vnet_tf.model.vnet import build_vnet  # pylint: disable=import-outside-toplevel
     return build_vnet(**MONAI_LAYOUT) if name == "ours_monai_layout" else build_vnet()
 
 
@@ -105,8 +105,8 @@ def ours_train_step(model, batch_size: int):
     """The library's compiled training step (what train.py runs) with Dice loss and SGD 0.99."""
     import keras  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from vnet_tf.losses import DiceLoss  # pylint: disable=import-outside-toplevel
-    from vnet_tf.training import _make_step  # pylint: disable=import-outside-toplevel
+    from vnet_tf.model.losses import DiceLoss  # pylint: disable=import-outside-toplevel
+    from vnet_tf.training.loop import _make_step  # pylint: disable=import-outside-toplevel
     optimizer = keras.optimizers.SGD(1e-4, momentum=0.99)
     optimizer.build(model.trainable_variables)
     return _make_step(model, optimizer, DiceLoss(reduction="none"), None, tf.distribute.get_strategy(), batch_size)
@@ -119,8 +119,8 @@ def ours_worker(args) -> dict:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.tf_inter_op)
     import keras  # pylint: disable=import-outside-toplevel
-    from vnet_tf.flops import count_flops  # pylint: disable=import-outside-toplevel
-    from vnet_tf.runtime import onednn_enabled  # pylint: disable=import-outside-toplevel
+    from vnet_tf.model.flops import count_flops  # pylint: disable=import-outside-toplevel
+    from vnet_tf.core.runtime import onednn_enabled  # pylint: disable=import-outside-toplevel
 
     keras.utils.set_random_seed(0)
     n = args.matmul_size
@@ -132,8 +132,8 @@ def ours_worker(args) -> dict:
     model = ours_model(args.worker)
     result = {"onednn": onednn_enabled(), "params": model.count_params(), "matmul_gflops": matmul_gflops}
     if args.mode == "infer":
-        from vnet_tf.inference import InferenceConfig, Segmenter  # pylint: disable=import-outside-toplevel
-        from vnet_tf.preprocess import PreprocessConfig  # pylint: disable=import-outside-toplevel
+        from vnet_tf.inference.segmenter import InferenceConfig, Segmenter  # pylint: disable=import-outside-toplevel
+        from vnet_tf.data.preprocess import PreprocessConfig  # pylint: disable=import-outside-toplevel
         config = InferenceConfig(patch_size_zyx=tuple(args.roi), overlap=0.5, batch_size=args.sw_batch)
         volumes = hippocampus_volumes(args.cases + 1, args.roi if args.crop_cases else None)
         window = Segmenter(model, PreprocessConfig(), config, 1, model.output_shape[-1]).sliding_window

@@ -30,9 +30,9 @@ import vnet_tf  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from vnet_tf.checkpoint import save_checkpoint  # noqa: E402
-from vnet_tf.exporter import export_run  # noqa: E402
-from vnet_tf.model import VNetConfig, build_vnet  # noqa: E402
+from vnet_tf.model.checkpoint import save_checkpoint  # noqa: E402
+from vnet_tf.serving.exporter import export_run  # noqa: E402
+from vnet_tf.model.vnet import VNetConfig, build_vnet  # noqa: E402
 
 CHILD = """
 import json, sys, time

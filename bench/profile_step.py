@@ -6,7 +6,7 @@ op type.
     python bench/profile_step.py --layout recipe --shape 40 56 40 --batch 2   # hippocampus recipe's net
 
 Runs warm-up steps, then profiles --steps training steps (the library's compiled step,
-``vnet_tf.training._make_step``), reads the trace (``*.xplane.pb``) with the protobuf
+``vnet_tf.training.loop._make_step``), reads the trace (``*.xplane.pb``) with the protobuf
 definitions that ship with TensorFlow, and prints the top op types by total time (the sum
 over threads, so it can exceed the wall time on 2 cores) with their share of the op time.
 The raw trace stays in --logdir for TensorBoard's profile plugin.
@@ -85,7 +85,7 @@ def main() -> None:
     from bench_monai import ours_batch, ours_model, ours_train_step  # pylint: disable=import-outside-toplevel
 
     if args.layout == "recipe":  # configs/hippocampus.flags' network
-        from vnet_tf.model import build_vnet  # pylint: disable=import-outside-toplevel
+        from vnet_tf.model.vnet import build_vnet  # pylint: disable=import-outside-toplevel
         model = build_vnet(kernel_size=3, depth=4, base_width=16, normalization="instance", convs_right=(1, 1, 1))
     else:
         model = ours_model("ours_monai_layout" if args.layout == "monai" else "ours_paper")

@@ -1,5 +1,5 @@
 """Runs one command (train, evaluate or export) on several argument lists in one process,
-each exactly as its command line runs it (``vnet_tf.cli.run`` with fresh flags), and writes
+each exactly as its command line runs it (``vnet_tf.core.cli.run`` with fresh flags), and writes
 a JSON list of ``{"code", "stdout", "stderr"}``: the fault tests check dozens of cases for
 the cost of one TensorFlow start.
 
@@ -24,7 +24,7 @@ def main(command: str, cases_file: str, results_file: str) -> None:
     sys.path.insert(0, str(REPO))
     import vnet_tf  # noqa: F401  (first: oneDNN)
     from absl import flags
-    from vnet_tf import cli
+    from vnet_tf.core import cli
 
     module = importlib.import_module(f"vnet_tf.commands.{command}")
     results = []

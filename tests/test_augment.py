@@ -9,9 +9,9 @@ import keras
 from keras import ops
 
 from conftest import REPO, subprocess_env
-from vnet_tf import augment as A
-from vnet_tf import warp
-from vnet_tf.synthetic import sphere_case
+from vnet_tf.augment import chain as A
+from vnet_tf.augment import warp
+from vnet_tf.data.synthetic import sphere_case
 
 
 def np_(x):
@@ -251,7 +251,7 @@ def _lowres_brute_force(volume, zoom):
 
 
 def test_low_resolution_matches_brute_force(rng):
-    from vnet_tf.augment_intensity import simulate_low_resolution
+    from vnet_tf.augment.intensity import simulate_low_resolution
     image = rng.normal(size=(3, 9, 12, 10, 1)).astype(np.float32)
     zooms = np.array([0.5, 0.7, 0.34], np.float32)
     out = np_(simulate_low_resolution(ops.convert_to_tensor(image), ops.convert_to_tensor(zooms)))
@@ -338,7 +338,7 @@ def test_augmentation_runs_under_jax_backend():
     code = (
         "import numpy as np, keras, sys\n"
         "assert keras.backend.backend() == 'jax'\n"
-        "from vnet_tf import augment as A\n"
+        "from vnet_tf.augment import chain as A\n"
         "assert 'tensorflow' not in sys.modules\n"
         "cfg = A.AugmentConfig(histogram_probability=1, elastic_probability=1, elastic_sigma=2,"
         " affine_probability=1, gamma_probability=1, blur_probability=1, lowres_probability=1,"

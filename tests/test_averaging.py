@@ -9,8 +9,8 @@ import pytest
 import vnet_tf  # noqa: F401  (oneDNN before TensorFlow)
 import keras
 
-from vnet_tf import averaging
-from vnet_tf.checkpoint import restore_checkpoint
+from vnet_tf.model import averaging
+from vnet_tf.model.checkpoint import restore_checkpoint
 from conftest import run_train  # pylint: disable=wrong-import-order
 
 
@@ -68,7 +68,7 @@ def _checkpoint_arrays(path, group):
 
 def test_a_run_saves_the_average_validates_with_it_and_resumes_it(tmp_path):
     import keras
-    from vnet_tf.workdir import restore_model
+    from vnet_tf.inference.workdir import restore_model
     args = ["--steps=6", "--weight_average=0.9", "--validation_every=6", "--checkpoint_every=3",
             "--deterministic"]
     cache = tmp_path / "cache"
@@ -109,15 +109,15 @@ def test_a_run_saves_the_average_validates_with_it_and_resumes_it(tmp_path):
 
 
 def test_final_raw_needs_a_run_with_an_average(tiny_run):
-    from vnet_tf.workdir import restore_model
+    from vnet_tf.inference.workdir import restore_model
     with pytest.raises(ValueError, match="final_raw.*weight_average"):
         restore_model(tiny_run[0], "final_raw")
 
 
 def test_restore_of_the_average_group_into_a_fresh_model(tmp_path):
     """The ``weight_average`` group lines up with ``model.variables`` of a rebuilt model."""
-    from vnet_tf.model import VNetConfig, build_vnet
-    from vnet_tf.checkpoint import save_checkpoint
+    from vnet_tf.model.vnet import VNetConfig, build_vnet
+    from vnet_tf.model.checkpoint import save_checkpoint
     model = build_vnet(VNetConfig(base_width=4, depth=2, kernel_size=3, normalization="instance"))
     average = averaging.WeightAverage(model.variables, 0.5)
     for v in model.trainable_variables:

@@ -1,4 +1,4 @@
-"""vnet_tf.budget and train(time_budget_minutes=...): the planned length against a
+"""vnet_tf.training.budget and train(time_budget_minutes=...): the planned length against a
 brute-force count, the schedule following the plan inside a compiled step, and a run that
 the budget ends (then resumes with the same and with a larger budget)."""
 
@@ -10,9 +10,9 @@ import keras
 import pytest
 import tensorflow as tf
 
-from vnet_tf.budget import BudgetClock, plan_total_steps
-from vnet_tf.checkpoint import read_meta
-from vnet_tf.optim import WarmupSchedule
+from vnet_tf.training.budget import BudgetClock, plan_total_steps
+from vnet_tf.model.checkpoint import read_meta
+from vnet_tf.training.optim import WarmupSchedule
 
 
 def _brute_force(step, max_steps, remaining, per_step, every, per_validation):
@@ -101,11 +101,11 @@ class _FakeTime:
 
 
 def test_time_budget_ends_the_run_and_its_schedule(tmp_path, monkeypatch):
-    from vnet_tf import training
-    from vnet_tf.demo_data import write_demo_dataset
-    from vnet_tf.model import VNetConfig
-    from vnet_tf.optim import OptimizerConfig
-    from vnet_tf.training import TrainConfig, train
+    from vnet_tf.training import loop as training
+    from vnet_tf.data.demo_data import write_demo_dataset
+    from vnet_tf.model.vnet import VNetConfig
+    from vnet_tf.training.optim import OptimizerConfig
+    from vnet_tf.training.loop import TrainConfig, train
     monkeypatch.setattr(training, "time", _FakeTime())
     data = write_demo_dataset(tmp_path / "demo", 6)
     budget_minutes = 0.5  # 30 s of the fake clock: a few dozen steps
@@ -142,7 +142,7 @@ def test_time_budget_ends_the_run_and_its_schedule(tmp_path, monkeypatch):
 
 
 def test_negative_budget_is_refused():
-    from vnet_tf.training import TrainConfig
+    from vnet_tf.training.loop import TrainConfig
     with pytest.raises(ValueError, match="time_budget_minutes must be >= 0"):
         TrainConfig(data_dir="x", workdir="y", time_budget_minutes=-1.0).validate()
     assert TrainConfig(data_dir="x", workdir="y", time_budget_minutes=5.0).validate().time_budget_minutes == 5.0

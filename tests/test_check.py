@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REPO, subprocess_env
-from vnet_tf.cases import find_cases
-from vnet_tf.check import check_dataset
-from vnet_tf.io import Geometry, read_volume, write_volume
+from vnet_tf.data.cases import find_cases
+from vnet_tf.data.check import check_dataset
+from vnet_tf.core.io import Geometry, read_volume, write_volume
 
 GEO = Geometry((1.0, 1.0, 1.5), (0.0, 0.0, 0.0))
 SHAPE = (6, 8, 10)
@@ -112,7 +112,7 @@ def test_every_bad_case_has_its_own_message(bad_dataset):
 
 
 def test_check_command_exit_codes(bad_dataset, tmp_path):
-    cmd = [sys.executable, "-m", "vnet_tf.check"]
+    cmd = [sys.executable, "-m", "vnet_tf.data.check"]
     bad = subprocess.run(cmd + [str(bad_dataset)], capture_output=True, text=True, encoding="utf-8",
                          env=subprocess_env(), cwd=REPO, timeout=120)
     assert bad.returncode == 1

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from vnet_tf.cases import Case, fold_of, split_cases
-from vnet_tf.checkpoint import read_meta, restore_checkpoint, save_checkpoint
-from vnet_tf.optim import OptimizerConfig, WarmupSchedule, make_optimizer
+from vnet_tf.data.cases import Case, fold_of, split_cases
+from vnet_tf.model.checkpoint import read_meta, restore_checkpoint, save_checkpoint
+from vnet_tf.training.optim import OptimizerConfig, WarmupSchedule, make_optimizer
 
 
 def _lr(schedule, step):

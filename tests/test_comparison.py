@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 
-from vnet_tf.comparison import paired_comparison, pooled_summary, read_metric
+from vnet_tf.evaluation.comparison import paired_comparison, pooled_summary, read_metric
 
 FIELDS = ["case_id", "label", "dice", "hd95"]
 

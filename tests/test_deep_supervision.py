@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_train
-from vnet_tf import deep_supervision as ds
-from vnet_tf.losses import DiceCELoss
-from vnet_tf.model import build_vnet
+from vnet_tf.model import deep_supervision as ds
+from vnet_tf.model.losses import DiceCELoss
+from vnet_tf.model.vnet import build_vnet
 
 
 @pytest.fixture(scope="module")

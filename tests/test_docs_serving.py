@@ -46,8 +46,8 @@ def test_the_serving_commands_match_the_shipped_files():
             assert f"MODEL_NAME={name}" in docker and base_path == f"/models/{name}"
     show = next(c for c in commands if c[:2] == ["saved_model_cli", "show"])
     assert _flag(show, "--dir").startswith(base + "/")
-    from vnet_tf.client import build_parser
-    clients = [c for c in commands if c[:3] == ["python", "-m", "vnet_tf.client"]]
+    from vnet_tf.serving.client import build_parser
+    clients = [c for c in commands if c[:3] == ["python", "-m", "vnet_tf.serving.client"]]
     assert len(clients) == 3
     for client in clients:
         args = build_parser().parse_args(client[3:])
@@ -59,7 +59,7 @@ def test_the_serving_commands_match_the_shipped_files():
 
 def test_the_signature_table_names_every_signature():
     """The serving reference lists each signature export.py writes (test_export checks the written ones)."""
-    from vnet_tf.serving import SIGNATURES
+    from vnet_tf.inference.signatures import SIGNATURES
     section = (REPO / "docs" / "reference" / "serving.md").read_text(encoding="utf-8")
     table = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
     assert sorted(set(table) & set(SIGNATURES)) == sorted(SIGNATURES)

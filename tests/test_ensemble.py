@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vnet_tf.ensemble import MeanOfModels, Member, check_members
-from vnet_tf.inference import InferenceConfig, Segmenter
-from vnet_tf.preprocess import PreprocessConfig
+from vnet_tf.inference.ensemble import MeanOfModels, Member, check_members
+from vnet_tf.inference.segmenter import InferenceConfig, Segmenter
+from vnet_tf.data.preprocess import PreprocessConfig
 
 
 class _SoftmaxOfLinear:

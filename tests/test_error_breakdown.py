@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from vnet_tf.cases import find_cases
-from vnet_tf.evaluation import evaluate_cases
-from vnet_tf.io import Geometry, write_volume
+from vnet_tf.data.cases import find_cases
+from vnet_tf.evaluation.report import evaluate_cases
+from vnet_tf.core.io import Geometry, write_volume
 
 
 def _bench():

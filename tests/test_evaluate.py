@@ -11,8 +11,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from conftest import REPO, subprocess_env
-from vnet_tf.demo_data import write_demo_dataset
-from vnet_tf.io import read_volume, write_volume
+from vnet_tf.data.demo_data import write_demo_dataset
+from vnet_tf.core.io import read_volume, write_volume
 
 
 def _evaluate(*args):

@@ -66,9 +66,9 @@ def test_saved_model_cli_show_and_run(exported, tmp_path):
 def test_one_copy_of_the_weights(tiny_run, tmp_path):
     """The variables folder holds the weights once. A width-8 copy of the tiny run (untrained
     weights) keeps the fixed ~10 KB file overhead small against the 5 % tolerance."""
-    from vnet_tf.checkpoint import save_checkpoint
-    from vnet_tf.exporter import export_run
-    from vnet_tf.model import VNetConfig, build_vnet
+    from vnet_tf.model.checkpoint import save_checkpoint
+    from vnet_tf.serving.exporter import export_run
+    from vnet_tf.model.vnet import VNetConfig, build_vnet
     run, _ = tiny_run
     config = json.loads((run / "config.json").read_text())
     config["model"]["base_width"] = 8
@@ -162,7 +162,7 @@ assert not [m for m in sys.modules if m.startswith("vnet_tf")], "vnet_tf was imp
 def test_every_bad_request_is_refused_naming_the_input(exported, tmp_path):
     """Through tf.saved_model.load and through the session-based loader (TF Serving's and
     saved_model_cli's path), in a clean process that imports only TensorFlow."""
-    from vnet_tf.exporter import export_run
+    from vnet_tf.serving.exporter import export_run
     run, _, version = exported
     config = json.loads((run / "config.json").read_text())
     config["train"]["preprocess"]["target_spacing_zyx"] = [1.5, 1.0, 1.0]
@@ -192,7 +192,7 @@ def test_every_bad_request_is_refused_naming_the_input(exported, tmp_path):
 
 
 def test_the_client_refuses_what_it_cannot_send():
-    from vnet_tf.client import check_request
+    from vnet_tf.serving.client import check_request
     good = dict(volume=np.zeros((4, 5, 6)), spacing_zyx=(1, 1, 1), direction=_EYE)
     for change, words in ((dict(volume=np.full((2, 2, 2), "a")), "input volume: expected numbers"),
                           (dict(volume=np.zeros((3, 3))), "input volume: expected [D,H,W]"),
@@ -216,7 +216,7 @@ def test_versions_and_killed_export(tiny_run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not [p for p in base.iterdir() if p.name.isdigit()], list(base.iterdir())
-    from vnet_tf.exporter import export_run
+    from vnet_tf.serving.exporter import export_run
     for expected in ("1", "2"):
         assert export_run(run, base) == base / expected
         assert (base / expected / "saved_model.pb").is_file()
@@ -263,9 +263,9 @@ def _scan(path, rng, direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1)):
 
 def test_client_rest_round_trip_keeps_the_geometry_and_surfaces_errors(exported, tmp_path, rng):
     import tensorflow as tf
-    from vnet_tf.client import ServingError, predict_rest, segment_file
-    from vnet_tf.loading import load_segment
-    from vnet_tf.segmentation import predict_case
+    from vnet_tf.serving.client import ServingError, predict_rest, segment_file
+    from vnet_tf.inference.loading import load_segment
+    from vnet_tf.inference.segmentation import predict_case
     run, _, version = exported
     _FakeRest.signature = tf.saved_model.load(str(version)).signatures["serving_default"]
     server = http.server.HTTPServer(("127.0.0.1", 0), _FakeRest)
@@ -278,7 +278,7 @@ def test_client_rest_round_trip_keeps_the_geometry_and_surfaces_errors(exported,
         with pytest.raises(ServingError) as err:
             predict_rest(address, "vnet", np.zeros((3, 3, 3)), (1, 1, 1), _EYE)
         # The deployment guide's curl path: the request body written by the client, posted as it is.
-        from vnet_tf.client import main
+        from vnet_tf.serving.client import main
         assert main(["--scan", str(scan), "--request_json", str(tmp_path / "request.json")]) == 0
         import urllib.request
         posted = urllib.request.urlopen(urllib.request.Request(
@@ -304,9 +304,9 @@ def test_client_grpc_asks_only_for_labels_and_surfaces_errors(exported, rng, tmp
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-    from vnet_tf.client import ServingError, predict_grpc, segment_scan
-    from vnet_tf.io import read_image
-    from vnet_tf.segmentation import scan_arrays
+    from vnet_tf.serving.client import ServingError, predict_grpc, segment_scan
+    from vnet_tf.core.io import read_image
+    from vnet_tf.inference.segmentation import scan_arrays
     _, _, version = exported
     signature = tf.saved_model.load(str(version)).signatures["serving_default"]
     filters = []
@@ -361,8 +361,8 @@ def test_evaluate_accepts_an_exported_saved_model(exported, tmp_path):
 
 def _untrained_twin(run, target, **model_changes):
     """A copy of the run's workdir whose best.npz holds other (untrained) weights."""
-    from vnet_tf.checkpoint import save_checkpoint
-    from vnet_tf.model import VNetConfig, build_vnet
+    from vnet_tf.model.checkpoint import save_checkpoint
+    from vnet_tf.model.vnet import VNetConfig, build_vnet
     config = json.loads((run / "config.json").read_text())
     config["model"].update(model_changes)
     config["train_cases"] = config["train_cases"][:1] + ["extra_case"]
@@ -376,8 +376,8 @@ def _untrained_twin(run, target, **model_changes):
 
 def test_an_ensemble_exports_as_one_model_serving_the_mean(tiny_run, tmp_path, rng):
     import tensorflow as tf
-    from vnet_tf.exporter import export_run
-    from vnet_tf.workdir import restore_model
+    from vnet_tf.serving.exporter import export_run
+    from vnet_tf.inference.workdir import restore_model
     run, _ = tiny_run
     twin = _untrained_twin(run, tmp_path / "twin")
     version = export_run([run, twin], tmp_path / "base")

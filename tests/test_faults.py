@@ -40,7 +40,7 @@ def _write_json(root, index):
 
 
 def _edit_label(root, case_id, edit, dtype=np.int16):
-    from vnet_tf.io import read_volume, write_volume
+    from vnet_tf.core.io import read_volume, write_volume
     path = root / "labelsTr" / f"{case_id}.nii.gz"
     array, geometry = read_volume(path)
     write_volume(path, edit(array.astype(dtype)), geometry)
@@ -61,7 +61,7 @@ def _undeclared(root):
 
 def _split(root):
     """(a training case id, a validation case id) of fold 0 of 3, as the tiny runs split."""
-    from vnet_tf.cases import fold_of
+    from vnet_tf.data.cases import fold_of
     ids = [pathlib.Path(e["image"]).name.split(".")[0] for e in _dataset_json(root)["training"]]
     return next(i for i in ids if fold_of(i, 3) != 0), next(i for i in ids if fold_of(i, 3) == 0)
 
@@ -189,7 +189,7 @@ def _check(result, code, words, name):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The demo dataset, its faulty copies, and places for runs."""
-    from vnet_tf.demo_data import write_demo_dataset
+    from vnet_tf.data.demo_data import write_demo_dataset
     root = tmp_path_factory.mktemp("faults")
     demo = write_demo_dataset(root / "demo", 6)
     datasets, train_id, val_id = _faulty_datasets(demo, root / "data")
@@ -335,7 +335,7 @@ def evaluate_rows(train_rows, world):
 
     other = _copy_run(good, runs / "eval_other_patch", other_patch)
     # Predictions: one case twice (.mha beside .nii.gz), one case missing.
-    from vnet_tf.io import read_volume, write_volume
+    from vnet_tf.core.io import read_volume, write_volume
     preds = root / "preds"
     preds.mkdir()
     ids = sorted(p.name.split(".")[0] for p in (world["demo"] / "labelsTr").glob("*.nii.gz"))
@@ -476,7 +476,7 @@ def test_export_removes_what_a_killed_export_left(export_rows, world):
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"]  # the stale .tmp-2-* folder is gone
 
 
-# ---------------------------------------------------------------- python -m vnet_tf.check
+# ---------------------------------------------------------------- python -m vnet_tf.data.check
 
 CHECK_ROWS = {  # dataset variant -> (exit code, words)
     "label_256_undeclared": (1, ["label values [256] lie outside class numbers 0..255"]),
@@ -491,7 +491,7 @@ CHECK_ROWS = {  # dataset variant -> (exit code, words)
 
 @pytest.mark.parametrize("name", sorted(CHECK_ROWS))
 def test_the_data_check_reports_each_fault(world, name, capsys):
-    from vnet_tf.check import main
+    from vnet_tf.data.check import main
     code = main([str(world["data"][name])])
     out = capsys.readouterr()
     expected_code, words = CHECK_ROWS[name]
@@ -502,8 +502,8 @@ def test_the_data_check_reports_each_fault(world, name, capsys):
 
 def test_declared_classes_allow_a_gap(world):
     """A value that the dataset leaves a gap below is fine once the classes are declared."""
-    from vnet_tf.cases import find_cases
-    from vnet_tf.check import check_dataset
+    from vnet_tf.data.cases import find_cases
+    from vnet_tf.data.check import check_dataset
     dataset = find_cases(world["data"]["stray_7_in_training_undeclared"])
     assert not check_dataset(dataset).ok
     report = check_dataset(dataset, num_classes=8)
@@ -512,8 +512,8 @@ def test_declared_classes_allow_a_gap(world):
 
 def test_preprocessing_never_wraps_a_label_value():
     import SimpleITK as sitk
-    from vnet_tf.errors import UserError
-    from vnet_tf.preprocess import PreprocessConfig, preprocess_case
+    from vnet_tf.core.errors import UserError
+    from vnet_tf.data.preprocess import PreprocessConfig, preprocess_case
     image = sitk.GetImageFromArray(np.zeros((4, 4, 4), np.float32))
     for value in (256, -1):
         array = np.zeros((4, 4, 4), np.int16)
@@ -529,7 +529,8 @@ def _no_space(path="x"):
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, monkeypatch):
-    from vnet_tf import checkpoint, folders
+    from vnet_tf.model import checkpoint
+    from vnet_tf.core import folders
     target = tmp_path / "checkpoint.npz"
     checkpoint.save_checkpoint(target, {"model": [np.ones(3)]}, {"step": 1})
     before = target.read_bytes()
@@ -542,13 +543,13 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, mo
         checkpoint.save_checkpoint(target, {"model": [np.zeros(3)]}, {"step": 2})
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
-    from vnet_tf.errors import describe
+    from vnet_tf.core.errors import describe
     assert "No space left on device" in describe(err.value) and "free some space" in describe(err.value)
 
 
 def test_a_full_disk_during_export_leaves_no_version(train_rows, world, monkeypatch):
     import tensorflow as tf
-    from vnet_tf.exporter import export_run
+    from vnet_tf.serving.exporter import export_run
     base = world["root"] / "full_disk_export"
 
     def full(module, path, signatures=None):
@@ -563,8 +564,8 @@ def test_a_full_disk_during_export_leaves_no_version(train_rows, world, monkeypa
 
 
 def test_commands_print_a_users_error_in_one_line_and_a_bug_with_its_traceback(capsys):
-    from vnet_tf import cli
-    from vnet_tf.errors import UserError
+    from vnet_tf.core import cli
+    from vnet_tf.core.errors import UserError
 
     def fails(err):
         def main(argv):

@@ -3,7 +3,7 @@ label's colour; points instead of boxes for a handful of cases."""
 
 import numpy as np
 
-from vnet_tf.figures import MIN_CASES_FOR_BOXES, case_figure, metric_plot
+from vnet_tf.evaluation.figures import MIN_CASES_FOR_BOXES, case_figure, metric_plot
 
 
 def _red_pixels(path):

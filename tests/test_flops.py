@@ -5,8 +5,8 @@ import vnet_tf  # noqa: F401  (oneDNN setting before TensorFlow)
 import keras
 import pytest
 
-from vnet_tf.flops import count_flops
-from vnet_tf.model import build_vnet
+from vnet_tf.model.flops import count_flops
+from vnet_tf.model.vnet import build_vnet
 
 
 def test_one_conv_layer_matches_hand_count():

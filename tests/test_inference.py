@@ -1,4 +1,4 @@
-"""The inference graph (vnet_tf.inference.Segmenter) against brute-force numpy / SimpleITK
+"""The inference graph (vnet_tf.inference.segmenter.Segmenter) against brute-force numpy / SimpleITK
 references: sliding window, blending, mirroring, reorientation, resampling, normalisation."""
 
 import itertools
@@ -8,11 +8,11 @@ import pytest
 import SimpleITK as sitk
 import tensorflow as tf
 
-from vnet_tf import volume_ops
-from vnet_tf.inference import InferenceConfig, Segmenter, gaussian_weights, window_starts
-from vnet_tf.io import Geometry
-from vnet_tf.preprocess import PreprocessConfig, normalize_intensities
-from vnet_tf.segmentation import postprocess_label, predict_case
+from vnet_tf.inference import volume_ops
+from vnet_tf.inference.segmenter import InferenceConfig, Segmenter, gaussian_weights, window_starts
+from vnet_tf.core.io import Geometry
+from vnet_tf.data.preprocess import PreprocessConfig, normalize_intensities
+from vnet_tf.inference.segmentation import postprocess_label, predict_case
 
 
 class Fn:
@@ -208,7 +208,7 @@ def test_prediction_has_the_original_geometry():
     image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
     preprocess = PreprocessConfig(target_spacing_zyx=(1.5, 1.2, 1.0), crop_size_zyx=(32, 16, 16))
     seg = _segmenter(_threshold, 1, 2, preprocess, patch_size_zyx=(16, 16, 16))
-    from vnet_tf.loading import segmenter_segment
+    from vnet_tf.inference.loading import segmenter_segment
     pred = predict_case([image], segmenter_segment(seg), keep_probabilities=True)
     assert pred.label.shape == array.shape and pred.probabilities.shape == array.shape + (2,)
     assert pred.geometry == Geometry.of(image)
@@ -227,7 +227,7 @@ def test_bad_inference_settings(kwargs, word):
 
 
 def test_predict_patch_matches_the_eager_model(rng):
-    from vnet_tf.model import build_vnet
+    from vnet_tf.model.vnet import build_vnet
     model = build_vnet(base_width=4, depth=2, kernel_size=3, normalization="batch", num_classes=3)
     seg = Segmenter(model, PreprocessConfig(), InferenceConfig(patch_size_zyx=(8, 12, 8)), 1, 3)
     batch = rng.standard_normal((2, 8, 12, 8, 1)).astype(np.float32)
@@ -236,7 +236,7 @@ def test_predict_patch_matches_the_eager_model(rng):
 
 
 def test_a_refused_volume_raises_the_graphs_message_alone():
-    from vnet_tf.loading import segmenter_segment
+    from vnet_tf.inference.loading import segmenter_segment
     seg = _segmenter(_threshold, 1, 2, patch_size_zyx=(8, 8, 8))
     volume = np.zeros((9, 9, 9, 1), np.float32)
     volume[1, 2, 3] = np.nan
@@ -246,7 +246,7 @@ def test_a_refused_volume_raises_the_graphs_message_alone():
 
 
 def test_channels_on_different_grids_are_refused_naming_the_file():
-    from vnet_tf.segmentation import scan_arrays
+    from vnet_tf.inference.segmentation import scan_arrays
     first = sitk.GetImageFromArray(np.zeros((6, 7, 8), np.float32))
     second = sitk.GetImageFromArray(np.zeros((6, 7, 9), np.float32))
     with pytest.raises(ValueError) as err:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from vnet_tf.io import (Geometry, VolumeReadError, case_stem, read_volume, write_dicom_series,
+from vnet_tf.core.io import (Geometry, VolumeReadError, case_stem, read_volume, write_dicom_series,
                         write_volume)
 
 

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from vnet_tf.io import Geometry, write_volume
+from vnet_tf.core.io import Geometry, write_volume
 
 SPACING_XYZ = (1.0, 1.5, 2.0)
 

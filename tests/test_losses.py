@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vnet_tf.losses import DiceCELoss, DiceLoss, cross_entropy, dice_ce_loss, dice_loss, dice_per_class
+from vnet_tf.model.losses import DiceCELoss, DiceLoss, cross_entropy, dice_ce_loss, dice_loss, dice_per_class
 
 
 def softmax(z):
@@ -121,7 +121,7 @@ def test_half_precision_sums_over_a_large_volume_do_not_overflow():
 
 
 def test_loss_under_mixed_float16_model():
-    from vnet_tf.model import build_vnet  # pylint: disable=import-outside-toplevel
+    from vnet_tf.model.vnet import build_vnet  # pylint: disable=import-outside-toplevel
     x = np.random.rand(2, 8, 8, 8, 1).astype("float32")
     labels = (x[..., 0] > 0.5).astype("int32")
     keras.utils.set_random_seed(3)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from vnet_tf.metrics import case_metrics, confusion_matrix, label_metrics, summarize, surface
+from vnet_tf.evaluation.metrics import case_metrics, confusion_matrix, label_metrics, summarize, surface
 
 
 def _ball(shape, centre, radius, spacing=(1, 1, 1)):

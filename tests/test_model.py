@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, subprocess_env
-from vnet_tf.losses import DiceLoss, dice_per_class
-from vnet_tf.model import (SpatialShapeCheck, TileChannels, VNetConfig, build_vnet,
+from vnet_tf.model.losses import DiceLoss, dice_per_class
+from vnet_tf.model.vnet import (SpatialShapeCheck, TileChannels, VNetConfig, build_vnet,
                            check_spatial_shape)
-from vnet_tf.synthetic import sphere_batch
+from vnet_tf.data.synthetic import sphere_batch
 
 TINY = dict(base_width=4, depth=3, kernel_size=3)
 
@@ -203,7 +203,7 @@ def test_custom_layer_config_round_trip(layer):
 
 
 def test_model_module_imports_no_tensorflow():
-    for module in ("model.py", "losses.py"):
+    for module in ("model/vnet.py", "model/losses.py"):
         tree = ast.parse((REPO / "vnet_tf" / module).read_text())
         imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                     if isinstance(node, (ast.Import, ast.ImportFrom))
@@ -218,8 +218,8 @@ def test_model_and_loss_run_under_jax_backend():
     code = (
         "import numpy as np, keras\n"
         "assert keras.backend.backend() == 'jax'\n"
-        "from vnet_tf.model import build_vnet\n"
-        "from vnet_tf.losses import dice_loss\n"
+        "from vnet_tf.model.vnet import build_vnet\n"
+        "from vnet_tf.model.losses import dice_loss\n"
         "m = build_vnet(base_width=4, depth=3, kernel_size=3)\n"
         "y = m(np.random.rand(1, 8, 16, 8, 1).astype('float32'))\n"
         "l = dice_loss(np.zeros((1, 8, 16, 8), 'int32'), y)\n"

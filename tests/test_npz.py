@@ -6,11 +6,11 @@ import threading
 import numpy as np
 import pytest
 
-from vnet_tf.cache import cache_case, load_cached_case
-from vnet_tf.cases import Case
-from vnet_tf.io import Geometry, write_volume
-from vnet_tf.npz import load_npz
-from vnet_tf.preprocess import PreprocessConfig
+from vnet_tf.data.cache import cache_case, load_cached_case
+from vnet_tf.data.cases import Case
+from vnet_tf.core.io import Geometry, write_volume
+from vnet_tf.core.npz import load_npz
+from vnet_tf.data.preprocess import PreprocessConfig
 
 
 def test_load_npz_reads_all_chosen_or_accepted_arrays(tmp_path):

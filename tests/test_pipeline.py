@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from vnet_tf import augment as A
-from vnet_tf.cache import preprocess_dataset
-from vnet_tf.cases import find_cases
-from vnet_tf.io import Geometry, write_volume
-from vnet_tf.pipeline import CaseStore, PipelineConfig, PatchSampler, training_dataset, validation_dataset
-from vnet_tf.preprocess import PreprocessConfig
+from vnet_tf.augment import chain as A
+from vnet_tf.data.cache import preprocess_dataset
+from vnet_tf.data.cases import find_cases
+from vnet_tf.core.io import Geometry, write_volume
+from vnet_tf.training.pipeline import CaseStore, PipelineConfig, PatchSampler, training_dataset, validation_dataset
+from vnet_tf.data.preprocess import PreprocessConfig
 
 
 def _cached(tmp_path, volumes):

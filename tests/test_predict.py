@@ -1,4 +1,4 @@
-"""predict.py / vnet_tf.prediction: new scans segmented with no labels, from a workdir, an
+"""predict.py / vnet_tf.inference.prediction: new scans segmented with no labels, from a workdir, an
 ensemble or an export, in any supported format, each label map on its scan's grid; unreadable
 scans reported by name while the others go on; finished scans skipped unless overwritten."""
 
@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REPO, subprocess_env
-from vnet_tf.errors import UserError
-from vnet_tf.io import read_volume, write_dicom_series, write_volume
-from vnet_tf.prediction import Scan, find_scans, predict_scans
+from vnet_tf.core.errors import UserError
+from vnet_tf.core.io import read_volume, write_dicom_series, write_volume
+from vnet_tf.inference.prediction import Scan, find_scans, predict_scans
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _labels(path):
 
 
 def test_a_folder_in_every_format_with_a_broken_file(tiny_run, scans, tmp_path):
-    from vnet_tf.loading import load_segment
+    from vnet_tf.inference.loading import load_segment
     folder, geometry = scans
     loaded = load_segment([tiny_run[0]])
     found = find_scans([folder])
@@ -70,8 +70,8 @@ def test_a_folder_in_every_format_with_a_broken_file(tiny_run, scans, tmp_path):
 
 
 def test_an_ensemble_and_an_export_give_the_workdirs_labels(tiny_run, scans, tmp_path):
-    from vnet_tf.exporter import export_run
-    from vnet_tf.loading import load_segment
+    from vnet_tf.serving.exporter import export_run
+    from vnet_tf.inference.loading import load_segment
     folder, _ = scans
     scan = [Scan("scan", (folder / "scan.nii.gz",))]
     single = predict_scans(scan, load_segment([tiny_run[0]]).segment, tmp_path / "single", log=lambda line: None)

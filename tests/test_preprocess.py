@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from vnet_tf.cache import load_cached_case, preprocess_dataset
-from vnet_tf.cases import find_cases
-from vnet_tf.io import Geometry, array_to_image, write_volume
-from vnet_tf.preprocess import (PreprocessConfig, PreprocessRecord, normalize_intensities,
+from vnet_tf.data.cache import load_cached_case, preprocess_dataset
+from vnet_tf.data.cases import find_cases
+from vnet_tf.core.io import Geometry, array_to_image, write_volume
+from vnet_tf.data.preprocess import (PreprocessConfig, PreprocessRecord, normalize_intensities,
                                 preprocess_case, restore_label, restore_probabilities)
 
 # axes permuted and flipped, anisotropic integer spacing

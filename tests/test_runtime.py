@@ -10,7 +10,7 @@ from conftest import REPO, subprocess_env
 
 PROBE = (
     "import vnet_tf, tensorflow, os\n"
-    "from vnet_tf.runtime import onednn_enabled\n"
+    "from vnet_tf.core.runtime import onednn_enabled\n"
     "print('ONEDNN', os.environ['TF_ENABLE_ONEDNN_OPTS'], onednn_enabled())\n"
 )
 
@@ -45,7 +45,7 @@ def _cpuinfo(tmp_path, flags):
                                            ("fpu sse2 avx2 amx_tile amx_bf16 amx_int8", True),
                                            ("fpu sse2 avx2 fma f16c avx512f", False)])
 def test_native_bf16_is_read_from_the_cpu_flags_line(tmp_path, flags, native):
-    from vnet_tf.runtime import cpu_has_native_bf16, resolve_mixed_precision
+    from vnet_tf.core.runtime import cpu_has_native_bf16, resolve_mixed_precision
     cpuinfo = _cpuinfo(tmp_path, flags)
     assert cpu_has_native_bf16(cpuinfo) is native
     # No GPU in this test process (CPU-only CI): auto follows the flags.
@@ -55,6 +55,6 @@ def test_native_bf16_is_read_from_the_cpu_flags_line(tmp_path, flags, native):
 
 
 def test_unreadable_cpuinfo_means_no_native_bf16(tmp_path):
-    from vnet_tf.runtime import cpu_has_native_bf16, resolve_mixed_precision
+    from vnet_tf.core.runtime import cpu_has_native_bf16, resolve_mixed_precision
     assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
     assert resolve_mixed_precision("auto", str(tmp_path / "missing")) == "none"

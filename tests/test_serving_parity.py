@@ -29,9 +29,9 @@ def flagfile_settings(name, monkeypatch):
 def _workdir(source, target, preprocess, inference, patch, channels=None, weights_from=None):
     """A copy of ``source``'s run with other settings (and, for ``channels``, untrained weights
     of that many input channels)."""
-    from vnet_tf.checkpoint import save_checkpoint
-    from vnet_tf.model import build_vnet
-    from vnet_tf.workdir import run_model_config
+    from vnet_tf.model.checkpoint import save_checkpoint
+    from vnet_tf.model.vnet import build_vnet
+    from vnet_tf.inference.workdir import run_model_config
     config = json.loads((source / "config.json").read_text())
     config["train"]["preprocess"] = preprocess.to_dict()
     config["train"]["inference"] = inference.to_dict()
@@ -49,9 +49,9 @@ def _workdir(source, target, preprocess, inference, patch, channels=None, weight
 
 def _averaged_workdir(source, target, preprocess, inference, patch):
     """A run with a weight average whose average differs from its training weights."""
-    from vnet_tf import averaging
-    from vnet_tf.checkpoint import save_checkpoint
-    from vnet_tf.workdir import restore_model
+    from vnet_tf.model import averaging
+    from vnet_tf.model.checkpoint import save_checkpoint
+    from vnet_tf.inference.workdir import restore_model
     work = _workdir(source, target, preprocess, inference, patch)
     config = json.loads((work / "config.json").read_text())
     config["train"]["weight_average"] = 0.99
@@ -99,11 +99,11 @@ assert not [m for m in sys.modules if m.startswith("vnet_tf")], "vnet_tf was imp
 
 
 def test_the_saved_model_gives_evaluates_labels_and_probabilities(tiny_run, tmp_path, monkeypatch, rng):
-    from vnet_tf.client import apply_postprocess
-    from vnet_tf.exporter import export_run
-    from vnet_tf.io import read_image
-    from vnet_tf.loading import load_segment
-    from vnet_tf.segmentation import predict_case, scan_arrays
+    from vnet_tf.serving.client import apply_postprocess
+    from vnet_tf.serving.exporter import export_run
+    from vnet_tf.core.io import read_image
+    from vnet_tf.inference.loading import load_segment
+    from vnet_tf.inference.segmentation import predict_case, scan_arrays
 
     run, _ = tiny_run
     settings = {name: flagfile_settings(name, monkeypatch) for name in FLAGFILES}
@@ -156,10 +156,10 @@ def test_the_graph_preprocesses_real_cases_as_the_training_cache(hippocampus_dir
     (SimpleITK), which built the cases the model trained on; moving the normalisation before
     the resampling fails this."""
     import tensorflow as tf
-    from vnet_tf.inference import InferenceConfig, Segmenter
-    from vnet_tf.io import read_image
-    from vnet_tf.preprocess import PreprocessConfig, preprocess_case
-    from vnet_tf.segmentation import scan_arrays
+    from vnet_tf.inference.segmenter import InferenceConfig, Segmenter
+    from vnet_tf.core.io import read_image
+    from vnet_tf.data.preprocess import PreprocessConfig, preprocess_case
+    from vnet_tf.inference.segmentation import scan_arrays
     preprocess = PreprocessConfig(target_spacing_zyx=target, clip_percentiles=clip)
     segmenter = Segmenter(lambda x, training=False: x, preprocess, InferenceConfig(), 1, 1)
     for path in sorted((hippocampus_dir / "imagesTr").glob("hippocampus_*.nii.gz"))[:4]:

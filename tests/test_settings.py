@@ -56,7 +56,7 @@ def _other_value(name, flag):
 
 
 def test_no_flags_build_the_dataclass_defaults(command):
-    from vnet_tf.training import TrainConfig
+    from vnet_tf.training.loop import TrainConfig
     flags.FLAGS(["train.py"])
     built = command.build_config("data")
     assert built == TrainConfig(data_dir="data", workdir=flags.FLAGS.workdir)
@@ -76,7 +76,7 @@ def test_each_flag_sets_its_field_and_nothing_else(command):
 
 
 def test_every_field_has_a_flag_or_a_reason(command):
-    from vnet_tf.training import TrainConfig
+    from vnet_tf.training.loop import TrainConfig
     fields = set(_leaves(TrainConfig(data_dir="", workdir="")))
     mapped, excused = set(command.FIELD_OF.values()), set(command.NOT_FLAGS)
     assert not mapped & excused
@@ -86,7 +86,7 @@ def test_every_field_has_a_flag_or_a_reason(command):
 
 
 def test_parse_mirror_axes():
-    from vnet_tf.cli import parse_mirror_axes
+    from vnet_tf.core.cli import parse_mirror_axes
     assert parse_mirror_axes(["0", "2"]) == (0, 2) and parse_mirror_axes(["none"]) == () and parse_mirror_axes([]) == ()
     for bad in (["3"], ["x"]):
         with pytest.raises(ValueError, match="mirror_axes"):

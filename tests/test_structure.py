@@ -6,62 +6,51 @@ import pathlib
 
 from conftest import REPO
 
-# Every module of vnet_tf by pipeline stage. A module imports only from its own stage or an
-# earlier one; training, evaluation and serving are the three ends, and none imports another;
-# the command-line programs (vnet_tf/commands/, where the flags live) come last.
-STAGES = {
-    "base": ("errors", "io", "integrity", "npz", "folders", "labels", "runtime", "synthetic", "demo_data",
-             "flops", "cli"),
-    "data": ("cases", "check", "preprocess", "cache"),
-    "augment": ("warp", "augment_base", "augment_spatial", "augment_intensity", "augment", "pipeline"),
-    "model": ("model", "losses", "deep_supervision", "optim", "averaging", "checkpoint"),
-    "inference": ("volume_ops", "segmentation", "inference", "ensemble", "workdir", "serving", "loading",
-                  "prediction"),
-    "training": ("budget", "training_logs", "training"),
-    "evaluation": ("metrics", "figures", "comparison", "evaluation"),
-    "serving": ("exporter", "client"),
-    "commands": ("commands", "commands.train", "commands.evaluate", "commands.export", "commands.compare_runs",
-                 "commands.pool_folds", "commands.error_breakdown", "commands.label_orientation",
-                 "commands.predict"),
-}
-RANK = {"base": 0, "data": 1, "augment": 2, "model": 3, "inference": 4, "training": 5, "evaluation": 5, "serving": 5,
+# vnet_tf's subpackages are the pipeline's stages, in order. A module imports only from its
+# own stage or an earlier one; training, evaluation and serving are the three ends, and none
+# imports another; the command-line programs (vnet_tf/commands/, where the flags live) come last.
+RANK = {"core": 0, "data": 1, "augment": 2, "model": 3, "inference": 4, "training": 5, "evaluation": 5, "serving": 5,
         "commands": 6}
 MAX_FUNCTION_LINES = 60
 PACKAGE = REPO / "vnet_tf"
 
 
 def _modules():
-    found = {p.stem: p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
-    for path in (PACKAGE / "commands").glob("*.py"):
-        found["commands" if path.stem == "__init__" else f"commands.{path.stem}"] = path
+    """``{"stage.module": path}`` for every module of the subpackages (``stage`` for an ``__init__``)."""
+    found = {}
+    for path in PACKAGE.glob("*/*.py"):
+        stage = path.parent.name
+        found[stage if path.stem == "__init__" else f"{stage}.{path.stem}"] = path
     return found
 
 
 def _imports(path: pathlib.Path) -> set:
-    """The vnet_tf modules ``path`` imports (at any depth of the file, lazy imports included)."""
+    """The vnet_tf modules ``path`` imports, as ``stage.module`` (lazy imports included)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vnet_tf":
-            parts = node.module.split(".")
-            found |= {alias.name for alias in node.names} if len(parts) == 1 else {parts[1]}
+            parts = node.module.split(".")[1:]
+            if len(parts) == 2:
+                found.add(".".join(parts))
+            else:  # from vnet_tf.stage import module, or from vnet_tf import stage
+                found |= {".".join([*parts, alias.name]) for alias in node.names}
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("vnet_tf.")}
+            found |= {".".join(a.name.split(".")[1:3]) for a in node.names if a.name.startswith("vnet_tf.")}
     return found
 
 
-def test_every_module_has_a_stage():
-    staged = [m for modules in STAGES.values() for m in modules]
-    assert len(staged) == len(set(staged))
-    assert sorted(staged) == sorted(_modules()), "add the module to STAGES, at its place in the pipeline"
+def test_every_module_is_in_a_stage():
+    assert not [p.name for p in PACKAGE.glob("*.py") if p.stem != "__init__"], "put the module in its stage's package"
+    assert {p.parent.name for p in PACKAGE.glob("*/*.py")} == set(RANK)
 
 
 def _wrong_imports(modules: dict) -> list:
-    stage_of = {m: stage for stage, names in STAGES.items() for m in names}
     wrong = []
     for name, path in modules.items():
-        for imported in _imports(path) - {name}:
-            own, other = stage_of[name], stage_of.get(imported)
-            if other is None:
+        own = name.split(".")[0]
+        for imported in sorted(_imports(path) - {name}):
+            other = imported.split(".")[0]
+            if other not in RANK or (imported not in _modules() and imported not in modules):
                 wrong.append(f"{name} imports vnet_tf.{imported}, which is not a module")
             elif other != own and RANK[other] >= RANK[own]:
                 wrong.append(f"{name} ({own}) imports {imported} ({other})")
@@ -76,11 +65,12 @@ def test_imports_follow_the_pipeline():
 def test_the_rule_catches_a_wrong_import(tmp_path):
     """The check itself: an exporter that imported the training module, or a data module that
     imported the model, would be reported; an exporter importing the inference graph not."""
-    (tmp_path / "exporter.py").write_text("from vnet_tf.training import train\nimport vnet_tf.inference\n",
-                                          encoding="utf-8")
-    (tmp_path / "cases.py").write_text("from vnet_tf import model\n", encoding="utf-8")
-    wrong = _wrong_imports({"exporter": tmp_path / "exporter.py", "cases": tmp_path / "cases.py"})
-    assert wrong == ["exporter (serving) imports training (training)", "cases (data) imports model (model)"]
+    (tmp_path / "exporter.py").write_text("from vnet_tf.training.loop import train\n"
+                                          "import vnet_tf.inference.segmenter\n", encoding="utf-8")
+    (tmp_path / "cases.py").write_text("from vnet_tf.model import vnet\n", encoding="utf-8")
+    wrong = _wrong_imports({"serving.exporter": tmp_path / "exporter.py", "data.cases": tmp_path / "cases.py"})
+    assert wrong == ["serving.exporter (serving) imports training.loop (training)",
+                     "data.cases (data) imports model.vnet (model)"]
 
 
 def test_no_library_function_is_longer_than_a_screen():

@@ -1,4 +1,4 @@
-"""train.py / vnet_tf.training: workdir outputs, exact resume after SIGKILL, strategies,
+"""train.py / vnet_tf.training.loop: workdir outputs, exact resume after SIGKILL, strategies,
 flag checks, mixed precision."""
 
 import dataclasses
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_train, subprocess_env
-from vnet_tf.checkpoint import read_meta
+from vnet_tf.model.checkpoint import read_meta
 
 
 def test_run_writes_every_workdir_item(tiny_run):
@@ -79,7 +79,7 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
 
 
 def test_run_written_before_a_setting_existed_resumes_with_its_default(tmp_path):
-    from vnet_tf.training import train
+    from vnet_tf.training.loop import train
     config = _tiny_config(tmp_path, steps=2, checkpoint_every=2)
     train(config, log=lambda s: None, progress=False)
     config_file = tmp_path / "run" / "config.json"
@@ -116,9 +116,9 @@ def test_bad_flags_are_refused_naming_the_flag(monkeypatch, args, message):
 
 
 def _tiny_config(tmp_path, **overrides):
-    from vnet_tf.demo_data import write_demo_dataset
-    from vnet_tf.model import VNetConfig
-    from vnet_tf.training import TrainConfig
+    from vnet_tf.data.demo_data import write_demo_dataset
+    from vnet_tf.model.vnet import VNetConfig
+    from vnet_tf.training.loop import TrainConfig
     data = write_demo_dataset(tmp_path / "demo", 6)
     base = TrainConfig(data_dir=str(data), workdir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
                        model=VNetConfig(base_width=4, depth=3, kernel_size=3, normalization="instance"),
@@ -128,7 +128,7 @@ def _tiny_config(tmp_path, **overrides):
 
 
 def test_fold_minus_one_trains_on_every_case_without_validation(tmp_path):
-    from vnet_tf.training import train
+    from vnet_tf.training.loop import train
     summary = train(_tiny_config(tmp_path, fold=-1, steps=2), log=lambda s: None, progress=False)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["validation_cases"] == [] and len(config["train_cases"]) == 6
@@ -138,8 +138,8 @@ def test_fold_minus_one_trains_on_every_case_without_validation(tmp_path):
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16", "auto"])
 def test_mixed_precision_losses_are_finite(tmp_path, policy):
-    from vnet_tf.runtime import resolve_mixed_precision
-    from vnet_tf.training import train
+    from vnet_tf.core.runtime import resolve_mixed_precision
+    from vnet_tf.training.loop import train
     summary = train(_tiny_config(tmp_path, mixed_precision=policy), log=lambda s: None, progress=False)
     assert np.all(np.isfinite(summary["loss_history"])) and len(summary["loss_history"]) == 3
     # The model runs (and is saved) under the resolved policy; auto follows this machine's CPU.
@@ -149,7 +149,7 @@ def test_mixed_precision_losses_are_finite(tmp_path, policy):
     assert resolved["train"]["mixed_precision"] == policy
     # evaluate.py scores the weights in float32, as export.py serves them.
     import keras
-    from vnet_tf.workdir import restore_model
+    from vnet_tf.inference.workdir import restore_model
     scored, _ = restore_model(tmp_path / "run", "final")
     saved = keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
     conv = "left0_conv0"
@@ -169,7 +169,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 sys.path.insert(0, {str(REPO / 'tests')!r})
 import numpy as np, pathlib
 from test_train import _tiny_config
-from vnet_tf.training import train
+from vnet_tf.training.loop import train
 result = {{}}
 def check(model, strategy):
     result['replicas'] = strategy.num_replicas_in_sync

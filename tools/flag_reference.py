@@ -6,7 +6,7 @@
 The flags are read from the commands themselves: the absl flags that
 :mod:`vnet_tf.commands` ``train``, ``evaluate`` and ``export`` define (each imported in its own
 process, as their flag names overlap), and the argparse parsers
-of ``python -m vnet_tf.check`` and ``python -m vnet_tf.client``. train.py's flags are
+of ``python -m vnet_tf.data.check`` and ``python -m vnet_tf.serving.client``. train.py's flags are
 grouped by the ``# section`` comments that precede their definitions.
 """
 
@@ -21,9 +21,9 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "docs" / "reference" / "flags.md"
 ABSL_COMMANDS = ("train", "evaluate", "export", "predict")
-ARGPARSE_COMMANDS = ("vnet_tf.check", "vnet_tf.client", "vnet_tf.commands.compare_runs", "vnet_tf.commands.pool_folds",
+ARGPARSE_COMMANDS = ("vnet_tf.data.check", "vnet_tf.serving.client", "vnet_tf.commands.compare_runs", "vnet_tf.commands.pool_folds",
                      "vnet_tf.commands.error_breakdown", "vnet_tf.commands.label_orientation")
-SHARED_MODULES = ("vnet_tf.cli",)
+SHARED_MODULES = ("vnet_tf.core.cli",)
 
 
 def _sections(script: pathlib.Path) -> dict:

@@ -4,7 +4,7 @@ Importing the package turns TensorFlow's oneDNN CPU kernels on (unless the user 
 ``TF_ENABLE_ONEDNN_OPTS``), so it must be imported before TensorFlow or Keras.
 """
 
-from vnet_tf import runtime as _runtime
+from vnet_tf.core import runtime as _runtime
 
 _runtime.enable_onednn_by_default()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vnet_tf.comparison import LOWER_IS_BETTER, metrics_csv, paired_comparison, read_metric
+from vnet_tf.evaluation.comparison import LOWER_IS_BETTER, metrics_csv, paired_comparison, read_metric
 
 
 def build_parser() -> argparse.ArgumentParser:

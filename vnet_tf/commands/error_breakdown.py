@@ -23,10 +23,10 @@ import pathlib
 
 import numpy as np
 
-from vnet_tf.cases import find_cases
-from vnet_tf.evaluation import find_prediction
-from vnet_tf.io import read_volume
-from vnet_tf.metrics import confusion_matrix
+from vnet_tf.data.cases import find_cases
+from vnet_tf.evaluation.report import find_prediction
+from vnet_tf.core.io import read_volume
+from vnet_tf.evaluation.metrics import confusion_matrix
 
 
 def breakdown(eval_dir: pathlib.Path, data_dir: str = ""):

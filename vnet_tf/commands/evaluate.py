@@ -7,8 +7,8 @@
 --model is a training workdir (config.json and the weights of best.npz / checkpoint.npz:
 preprocessing and sliding-window settings as at training; --overlap, --mirror_axes and
 --postprocess override them) or an exported SavedModel version folder, which runs the same
-inference graph (vnet_tf.inference). Several comma-separated --model workdirs are an
-ensemble: their probabilities are averaged per window (vnet_tf.ensemble). Writes OUT/predictions/, metrics.csv, summary.json and figures/. Exits
+inference graph (vnet_tf.inference.segmenter). Several comma-separated --model workdirs are an
+ensemble: their probabilities are averaged per window (vnet_tf.inference.ensemble). Writes OUT/predictions/, metrics.csv, summary.json and figures/. Exits
 non-zero, saying how many, when a case failed.
 """
 
@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-from vnet_tf import cli
+from vnet_tf.core import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model", [], "a training workdir (config.json + best.npz / checkpoint.npz), or an "
@@ -55,13 +55,13 @@ def _check_flags(argv) -> None:
     for source in FLAGS.model or [FLAGS.predictions_dir]:
         if not pathlib.Path(source).is_dir():
             raise app.UsageError(f"--{'model' if FLAGS.model else 'predictions_dir'} {source}: no such folder")
-    from vnet_tf.folders import writable_folder  # pylint: disable=import-outside-toplevel
+    from vnet_tf.core.folders import writable_folder  # pylint: disable=import-outside-toplevel
     writable_folder(FLAGS.output_dir, "--output_dir", create=False)
 
 
 def _selected_cases():
     """``(dataset, cases)``: the dataset and the cases of --fold (at most --max_cases)."""
-    from vnet_tf.cases import check_fold, find_cases, fold_of  # pylint: disable=import-outside-toplevel
+    from vnet_tf.data.cases import check_fold, find_cases, fold_of  # pylint: disable=import-outside-toplevel
     try:
         dataset = find_cases(FLAGS.data_dir, FLAGS.layout)
     except ValueError as err:
@@ -97,9 +97,9 @@ def _inference_overrides() -> dict:
 def _model_inputs(cases, settings: dict):
     """``(labels, evaluate_cases keyword arguments)`` for --model; adds the model's settings
     and how many of the cases it trained on to ``settings`` (and warns if any)."""
-    from vnet_tf.ensemble import training_cases  # pylint: disable=import-outside-toplevel
-    from vnet_tf.evaluation import trained_on  # pylint: disable=import-outside-toplevel
-    from vnet_tf.loading import load_segment  # pylint: disable=import-outside-toplevel
+    from vnet_tf.inference.ensemble import training_cases  # pylint: disable=import-outside-toplevel
+    from vnet_tf.evaluation.report import trained_on  # pylint: disable=import-outside-toplevel
+    from vnet_tf.inference.loading import load_segment  # pylint: disable=import-outside-toplevel
     try:
         loaded = load_segment(FLAGS.model, FLAGS.which, _inference_overrides())
     except (FileNotFoundError, ValueError) as err:
@@ -130,7 +130,7 @@ def _print_summary(summary: dict, num_cases: int) -> int:
 
 def main(argv):
     _check_flags(argv)
-    from vnet_tf.evaluation import evaluate_cases  # pylint: disable=import-outside-toplevel
+    from vnet_tf.evaluation.report import evaluate_cases  # pylint: disable=import-outside-toplevel
     dataset, cases = _selected_cases()
     settings = {"data_dir": FLAGS.data_dir, "fold": FLAGS.fold, "num_folds": FLAGS.num_folds,
                 "model": (FLAGS.model[0] if len(FLAGS.model) == 1 else FLAGS.model) or None,

@@ -16,8 +16,8 @@ import sys
 
 from absl import app, flags
 
-from vnet_tf import cli
-from vnet_tf.inference import DEFAULT_MAX_VOXELS
+from vnet_tf.core import cli
+from vnet_tf.inference.segmenter import DEFAULT_MAX_VOXELS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", [], "the training workdir to export; several, comma-separated, export as one "
@@ -49,7 +49,7 @@ def main(argv):
             raise app.UsageError(f"--{err}") from err
     if FLAGS.overlap is not None:
         overrides["overlap"] = FLAGS.overlap
-    from vnet_tf.exporter import export_run  # pylint: disable=import-outside-toplevel
+    from vnet_tf.serving.exporter import export_run  # pylint: disable=import-outside-toplevel
     try:
         target = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.which, overrides,
                             warn=lambda message: print(f"note: {message}", file=sys.stderr),

@@ -20,9 +20,9 @@ import itertools
 import numpy as np
 import SimpleITK as sitk
 
-from vnet_tf.cases import find_cases
-from vnet_tf.io import image_to_array, read_image
-from vnet_tf.preprocess import PreprocessConfig
+from vnet_tf.data.cases import find_cases
+from vnet_tf.core.io import image_to_array, read_image
+from vnet_tf.data.preprocess import PreprocessConfig
 
 AXES = ("z", "y", "x")
 

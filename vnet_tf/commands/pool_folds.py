@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vnet_tf.comparison import metrics_csv, pooled_summary
+from vnet_tf.evaluation.comparison import metrics_csv, pooled_summary
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from vnet_tf import cli
+from vnet_tf.core import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model", [], "a training workdir, several (comma-separated: an ensemble), or an exported "
@@ -57,14 +57,14 @@ def main(argv):
     for name in ("model", "input", "output_dir"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
-    from vnet_tf.folders import writable_folder  # pylint: disable=import-outside-toplevel
-    from vnet_tf import prediction  # pylint: disable=import-outside-toplevel
+    from vnet_tf.core.folders import writable_folder  # pylint: disable=import-outside-toplevel
+    from vnet_tf.inference import prediction  # pylint: disable=import-outside-toplevel
     suffix = prediction.check_suffix("" if FLAGS.output_format == "same" else FLAGS.output_format)
     writable_folder(FLAGS.output_dir, "--output_dir")  # before any model is loaded
     for source in FLAGS.model:
         if not pathlib.Path(source).is_dir():
             raise app.UsageError(f"--model {source}: no such folder")
-    from vnet_tf.loading import load_segment  # pylint: disable=import-outside-toplevel
+    from vnet_tf.inference.loading import load_segment  # pylint: disable=import-outside-toplevel
     loaded = load_segment(FLAGS.model, FLAGS.which, _overrides())
     scans = prediction.find_scans(FLAGS.input, loaded.runs[0]["input_channels"])
     print(f"{len(scans)} scan(s) to segment into {pathlib.Path(FLAGS.output_dir).resolve()}")

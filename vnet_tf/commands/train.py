@@ -13,7 +13,7 @@ import pathlib
 
 from absl import app, flags
 
-from vnet_tf import cli
+from vnet_tf.core import cli
 
 FLAGS = flags.FLAGS
 # data
@@ -183,7 +183,7 @@ def _numbers(name, cast, count=None, positive=False):
 
 
 def _optimizer_config():
-    from vnet_tf.optim import OptimizerConfig  # pylint: disable=import-outside-toplevel
+    from vnet_tf.training.optim import OptimizerConfig  # pylint: disable=import-outside-toplevel
     return OptimizerConfig(
         name=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov,
         weight_decay=FLAGS.weight_decay, schedule=FLAGS.lr_schedule, decay_steps=FLAGS.lr_decay_steps,
@@ -192,7 +192,7 @@ def _optimizer_config():
 
 
 def _augment_config(lowres_zoom):
-    from vnet_tf.augment import AugmentConfig  # pylint: disable=import-outside-toplevel
+    from vnet_tf.augment.chain import AugmentConfig  # pylint: disable=import-outside-toplevel
     return AugmentConfig(
         histogram_probability=FLAGS.aug_histogram_p, elastic_probability=FLAGS.aug_elastic_p,
         elastic_mesh=_numbers("aug_elastic_mesh", int, 3, True), elastic_sigma=FLAGS.aug_elastic_sigma,
@@ -210,10 +210,10 @@ def _augment_config(lowres_zoom):
 
 def build_config(data_dir: str):
     """The TrainConfig of the flags (raises app.UsageError naming the flag)."""
-    from vnet_tf.inference import InferenceConfig  # pylint: disable=import-outside-toplevel
-    from vnet_tf.model import VNetConfig  # pylint: disable=import-outside-toplevel
-    from vnet_tf.preprocess import PreprocessConfig  # pylint: disable=import-outside-toplevel
-    from vnet_tf.training import TrainConfig  # pylint: disable=import-outside-toplevel
+    from vnet_tf.inference.segmenter import InferenceConfig  # pylint: disable=import-outside-toplevel
+    from vnet_tf.model.vnet import VNetConfig  # pylint: disable=import-outside-toplevel
+    from vnet_tf.data.preprocess import PreprocessConfig  # pylint: disable=import-outside-toplevel
+    from vnet_tf.training.loop import TrainConfig  # pylint: disable=import-outside-toplevel
 
     patch = _numbers("patch_size", int, 3, positive=True)
     lowres_zoom = _numbers("aug_lowres_zoom", float, 2, True)
@@ -271,10 +271,10 @@ def next_command(workdir: pathlib.Path, data_dir: str) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from vnet_tf.demo_data import write_demo_dataset  # pylint: disable=import-outside-toplevel
-    from vnet_tf.folders import writable_folder  # pylint: disable=import-outside-toplevel
-    from vnet_tf.runtime import onednn_enabled  # pylint: disable=import-outside-toplevel
-    from vnet_tf.training import train  # pylint: disable=import-outside-toplevel
+    from vnet_tf.data.demo_data import write_demo_dataset  # pylint: disable=import-outside-toplevel
+    from vnet_tf.core.folders import writable_folder  # pylint: disable=import-outside-toplevel
+    from vnet_tf.core.runtime import onednn_enabled  # pylint: disable=import-outside-toplevel
+    from vnet_tf.training.loop import train  # pylint: disable=import-outside-toplevel
 
     build_config(FLAGS.data_dir or "demo")  # every flag checked before any work
     if FLAGS.data_dir and not pathlib.Path(FLAGS.data_dir).is_dir():

@@ -1,0 +1,1 @@
+"""Stage 2, augmentation: random transforms as Keras layers on keras.ops, and their registry."""

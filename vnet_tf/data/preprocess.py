@@ -1,0 +1,301 @@
+"""Preprocess a case for the network, record every step, and undo it for predictions.
+
+Steps, in order, each optional (see :class:`PreprocessConfig`):
+
+1. N4 bias-field correction of each channel (the paper; slow, off by default).
+2. Reorientation to one canonical orientation (a permutation / flip of axes, no
+   interpolation; default ``LPS``, i.e. the identity direction for axis-aligned scans).
+3. Resampling to a target spacing (image: linear or B-spline; label: nearest neighbour,
+   or each label's indicator resampled linearly then argmax). Origin and direction are kept;
+   the new size is ``round(size * spacing / target)``.
+4. Intensity normalisation of each channel: optional percentile clipping, then z-score over
+   the whole volume, z-score over the foreground (voxels != 0), or rescale to [0, 1].
+5. Centre crop / zero pad to a fixed size (the paper: 64x128x128 voxels, z-y-x, at
+   1.5x1x1 mm) or keep the size.
+
+Every spatial setting here is in array order ``(z, y, x)`` and named ``*_zyx``.
+:class:`PreprocessRecord` holds what is needed to put a prediction back onto the original
+grid: :func:`restore_label` and :func:`restore_probabilities`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from vnet_tf.core.errors import UserError
+from vnet_tf.core.io import Geometry
+from vnet_tf.core.labels import value_problem
+
+NORMALIZATIONS = ("none", "zscore", "zscore_foreground", "rescale")
+IMAGE_INTERPOLATIONS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
+LABEL_INTERPOLATIONS = ("nearest", "linear_argmax")
+AXIS_OF_LETTER = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """What to do to every case (defaults: reorient to LPS, z-score, keep spacing and size)."""
+
+    orientation: Optional[str] = "LPS"
+    target_spacing_zyx: Optional[Tuple[float, float, float]] = None
+    image_interpolation: str = "linear"
+    label_interpolation: str = "nearest"
+    normalization: str = "zscore"
+    clip_percentiles: Optional[Tuple[float, float]] = None
+    crop_size_zyx: Optional[Tuple[int, int, int]] = None
+    n4: bool = False
+
+    def validate(self) -> "PreprocessConfig":
+        code = (self.orientation or "").upper()
+        if self.orientation is not None and (
+                len(code) != 3 or any(c not in AXIS_OF_LETTER for c in code)
+                or len({AXIS_OF_LETTER[c] for c in code}) != 3):
+            raise ValueError(f"orientation must be a 3-letter code with one of L/R, A/P and "
+                             f"S/I each (e.g. 'LPS', 'RAS'), got {self.orientation!r}")
+        if self.target_spacing_zyx is not None and (
+                len(self.target_spacing_zyx) != 3 or min(self.target_spacing_zyx) <= 0):
+            raise ValueError(f"target_spacing_zyx must be 3 positive spacings in mm, "
+                             f"got {self.target_spacing_zyx!r}")
+        if self.image_interpolation not in IMAGE_INTERPOLATIONS:
+            raise ValueError(f"image_interpolation must be one of {tuple(IMAGE_INTERPOLATIONS)}, "
+                             f"got {self.image_interpolation!r}")
+        if self.label_interpolation not in LABEL_INTERPOLATIONS:
+            raise ValueError(f"label_interpolation must be one of {LABEL_INTERPOLATIONS}, "
+                             f"got {self.label_interpolation!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.clip_percentiles is not None:
+            low, high = self.clip_percentiles
+            if not 0 <= low < high <= 100:
+                raise ValueError(f"clip_percentiles must be (low, high) with 0 <= low < high <= 100, "
+                                 f"got {self.clip_percentiles!r}")
+        if self.crop_size_zyx is not None and (
+                len(self.crop_size_zyx) != 3 or min(self.crop_size_zyx) < 1):
+            raise ValueError(f"crop_size_zyx must be 3 positive sizes, got {self.crop_size_zyx!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessRecord:
+    """The grids a case went through; enough to map a prediction back exactly."""
+
+    original_size_zyx: Tuple[int, int, int]
+    original_geometry: Geometry
+    original_orientation: str
+    oriented_size_zyx: Tuple[int, int, int]
+    oriented_geometry: Geometry
+    resampled_size_zyx: Tuple[int, int, int]
+    resampled_geometry: Geometry
+    crop_start_zyx: Tuple[int, int, int]  # negative = padding before
+    final_size_zyx: Tuple[int, int, int]
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        for key in ("original_geometry", "oriented_geometry", "resampled_geometry"):
+            data[key] = getattr(self, key).to_dict()
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessRecord":
+        data = json.loads(text)
+        for key in ("original_geometry", "oriented_geometry", "resampled_geometry"):
+            data[key] = Geometry.from_dict(data[key])
+        for key, value in data.items():
+            if isinstance(value, list):
+                data[key] = tuple(value)
+        return cls(**data)
+
+
+def split_channels(image: sitk.Image) -> List[sitk.Image]:
+    """The 3D scalar images of a 3D, vector or 4D SimpleITK image."""
+    if image.GetDimension() == 4:
+        size = list(image.GetSize())
+        channels = size[3]
+        size[3] = 0
+        return [sitk.Extract(image, size, [0, 0, 0, t]) for t in range(channels)]
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return [sitk.VectorIndexSelectionCast(image, c) for c in range(image.GetNumberOfComponentsPerPixel())]
+    return [image]
+
+
+def _size_zyx(image: sitk.Image) -> Tuple[int, int, int]:
+    return tuple(int(s) for s in reversed(image.GetSize()))
+
+
+def _resample(image: sitk.Image, size_xyz, spacing_xyz, origin, direction, interpolator,
+              output_type=sitk.sitkFloat32) -> sitk.Image:
+    return sitk.Resample(image, [int(s) for s in size_xyz], sitk.Transform(), interpolator,
+                         origin, spacing_xyz, direction, 0.0, output_type)
+
+
+def _resample_label(label: sitk.Image, reference: sitk.Image, mode: str) -> sitk.Image:
+    args = (reference.GetSize(), reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection())
+    if mode == "nearest":
+        return _resample(label, *args, sitk.sitkNearestNeighbor, label.GetPixelID())
+    values = np.unique(sitk.GetArrayViewFromImage(label))
+    scores = [sitk.GetArrayFromImage(_resample(sitk.Cast(label == int(v), sitk.sitkFloat32),
+                                               *args, sitk.sitkLinear)) for v in values]
+    out = sitk.GetImageFromArray(values[np.argmax(np.stack(scores), axis=0)].astype(
+        sitk.GetArrayViewFromImage(label).dtype))
+    out.CopyInformation(reference)
+    return out
+
+
+def normalize_intensities(array: np.ndarray, mode: str,
+                          clip_percentiles: Optional[Sequence[float]] = None) -> np.ndarray:
+    """Normalises one channel ``(z, y, x)``; returns float32. See :class:`PreprocessConfig`."""
+    array = np.asarray(array, dtype=np.float32)
+    mask = array != 0 if mode == "zscore_foreground" else np.ones(array.shape, bool)
+    if not mask.any():
+        mask = np.ones(array.shape, bool)
+    if clip_percentiles is not None:
+        low, high = np.percentile(array[mask], clip_percentiles)
+        array = np.clip(array, low, high)
+    if mode in ("zscore", "zscore_foreground"):
+        values = array[mask]
+        out = (array - values.mean()) / max(float(values.std()), 1e-8)
+        if mode == "zscore_foreground":
+            out[~mask] = 0.0
+        return out.astype(np.float32)
+    if mode == "rescale":
+        low, high = float(array.min()), float(array.max())
+        return ((array - low) / max(high - low, 1e-8)).astype(np.float32)
+    return array
+
+
+def crop_or_pad(array: np.ndarray, start_zyx, size_zyx) -> np.ndarray:
+    """The window ``[start, start + size)`` of the first 3 axes, zero outside the array."""
+    out = np.zeros(tuple(size_zyx) + array.shape[3:], dtype=array.dtype)
+    src, dst = [], []
+    for start, size, length in zip(start_zyx, size_zyx, array.shape[:3]):
+        lo, hi = max(start, 0), min(start + size, length)
+        src.append(slice(lo, max(hi, lo)))
+        dst.append(slice(lo - start, lo - start + max(hi - lo, 0)))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def n4_correct(image: sitk.Image) -> sitk.Image:
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    mask = sitk.OtsuThreshold(image, 0, 1, 200)
+    shrink = 2
+    small = sitk.Shrink(image, [shrink] * 3)
+    small_mask = sitk.Shrink(mask, [shrink] * 3)
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations([20, 20])
+    corrector.Execute(small, small_mask)
+    log_field = corrector.GetLogBiasFieldAsImage(image)
+    return image / sitk.Exp(log_field)
+
+
+def _label_array(label: sitk.Image) -> np.ndarray:
+    """The label as uint8, refusing values a cast would change (wrap or truncate)."""
+    array = sitk.GetArrayFromImage(label)
+    problem = value_problem(np.unique(array))
+    if problem:
+        raise UserError(f"label: {problem}")
+    return array.astype(np.uint8)
+
+
+def preprocess_case(images: Sequence[sitk.Image], label: Optional[sitk.Image],
+                    config: PreprocessConfig):
+    """Preprocesses one case.
+
+    Args:
+      images: one SimpleITK image per channel file (each 3D, vector or 4D; their channels
+        are concatenated in order), all on the same grid.
+      label: the label map on that grid, or ``None``.
+      config: the steps to apply.
+
+    Returns:
+      ``(image, label, record)``: float32 ``(z, y, x, c)``, uint8 ``(z, y, x)`` (or
+      ``None``) and the :class:`PreprocessRecord`.
+    """
+    config.validate()
+    channels = [c for image in images for c in split_channels(image)]
+    reference = channels[0]
+    original_geometry = Geometry.of(reference)
+    orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(reference.GetDirection())
+    if config.n4:
+        channels = [n4_correct(c) for c in channels]
+    if config.orientation is not None:
+        channels = [sitk.DICOMOrient(c, config.orientation.upper()) for c in channels]
+        label = sitk.DICOMOrient(label, config.orientation.upper()) if label is not None else None
+    oriented = channels[0]
+    resampled = oriented
+    if config.target_spacing_zyx is not None:
+        spacing_xyz = tuple(float(s) for s in reversed(config.target_spacing_zyx))
+        size_xyz = [max(1, int(round(n * s / t))) for n, s, t in
+                    zip(oriented.GetSize(), oriented.GetSpacing(), spacing_xyz)]
+        interpolator = IMAGE_INTERPOLATIONS[config.image_interpolation]
+        channels = [_resample(c, size_xyz, spacing_xyz, oriented.GetOrigin(),
+                              oriented.GetDirection(), interpolator) for c in channels]
+        resampled = channels[0]
+        if label is not None:
+            label = _resample_label(label, resampled, config.label_interpolation)
+    arrays = [normalize_intensities(sitk.GetArrayViewFromImage(c), config.normalization,
+                                    config.clip_percentiles) for c in channels]
+    image_array = np.stack(arrays, axis=-1)
+    label_array = None if label is None else _label_array(label)
+    size = image_array.shape[:3]
+    final = tuple(config.crop_size_zyx) if config.crop_size_zyx else size
+    start = tuple((s - f) // 2 for s, f in zip(size, final))
+    if final != size:
+        image_array = crop_or_pad(image_array, start, final)
+        label_array = None if label_array is None else crop_or_pad(label_array, start, final)
+    record = PreprocessRecord(
+        original_size_zyx=_size_zyx(reference), original_geometry=original_geometry,
+        original_orientation=orientation, oriented_size_zyx=_size_zyx(oriented),
+        oriented_geometry=Geometry.of(oriented), resampled_size_zyx=tuple(int(s) for s in size),
+        resampled_geometry=Geometry.of(resampled), crop_start_zyx=tuple(int(s) for s in start),
+        final_size_zyx=tuple(int(s) for s in final))
+    return image_array.astype(np.float32), label_array, record
+
+
+def _to_original(array: np.ndarray, record: PreprocessRecord, interpolator) -> sitk.Image:
+    """Uncrop, resample and reorient a ``(z, y, x)`` array back to the original grid."""
+    uncropped = crop_or_pad(array, tuple(-s for s in record.crop_start_zyx), record.resampled_size_zyx)
+    image = record.resampled_geometry.apply_to(sitk.GetImageFromArray(uncropped))
+    if record.resampled_size_zyx != record.oriented_size_zyx or \
+            record.resampled_geometry.differences(record.oriented_geometry):
+        geo = record.oriented_geometry
+        image = sitk.Resample(image, list(reversed(record.oriented_size_zyx)), sitk.Transform(),
+                              interpolator, geo.origin, geo.spacing, geo.direction, 0.0,
+                              image.GetPixelID())
+    image = sitk.DICOMOrient(image, record.original_orientation)
+    if _size_zyx(image) != tuple(record.original_size_zyx):
+        raise ValueError(f"restored size {_size_zyx(image)} differs from the original "
+                         f"{record.original_size_zyx}: the record does not match this prediction")
+    return record.original_geometry.apply_to(image)
+
+
+def restore_label(label: np.ndarray, record: PreprocessRecord) -> Tuple[np.ndarray, Geometry]:
+    """Maps a ``(z, y, x)`` label map from the preprocessed grid back to the original one
+    (nearest neighbour). Returns ``(array, geometry)`` of the original scan."""
+    if tuple(label.shape) != tuple(record.final_size_zyx):
+        raise ValueError(f"label shape {tuple(label.shape)} differs from the preprocessed size "
+                         f"{record.final_size_zyx}")
+    image = _to_original(np.asarray(label), record, sitk.sitkNearestNeighbor)
+    return sitk.GetArrayFromImage(image), record.original_geometry
+
+
+def restore_probabilities(probabilities: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """Maps ``(z, y, x, C)`` class probabilities back to the original grid (linear per class;
+    voxels outside the cropped window get probability 1 for class 0)."""
+    channels = []
+    for c in range(probabilities.shape[-1]):
+        channel = np.asarray(probabilities[..., c], dtype=np.float32)
+        if c == 0:  # outside the window is background: pad with 1 via 1 - (1 - p)
+            restored = 1.0 - sitk.GetArrayFromImage(_to_original(1.0 - channel, record, sitk.sitkLinear))
+        else:
+            restored = sitk.GetArrayFromImage(_to_original(channel, record, sitk.sitkLinear))
+        channels.append(restored)
+    return np.stack(channels, axis=-1)

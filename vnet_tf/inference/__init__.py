@@ -1,0 +1,1 @@
+"""Stage 4, inference: the one whole-volume graph (Segmenter) and what loads and runs it."""

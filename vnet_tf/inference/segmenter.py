@@ -1,0 +1,323 @@
+"""Whole-volume inference, written once as a TensorFlow graph.
+
+:class:`Segmenter` takes a scan's array as it was read (any orientation, any spacing) and
+returns its label map on the same grid. Inside, in this order: reorientation to the run's
+orientation, resampling to the run's spacing, the intensity normalisation of training, the
+centre crop where the run used one, the Gaussian-blended sliding window with test-time
+mirroring (the mean over an ensemble's models when the model is one), the argmax, and the
+way back to the scan's grid. The same functions serve ``evaluate.py`` (called from a
+workdir, or loaded from an export), training-time validation (:meth:`Segmenter.sliding_window`
+on cached, preprocessed cases) and the exported SavedModel (:mod:`vnet_tf.inference.signatures`), so what
+is served is what was evaluated.
+
+Invalid inputs fail with ``tf.errors.InvalidArgumentError`` and a message naming the input,
+what was expected and what was found (docs/reference/serving.md: the list).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from vnet_tf.inference import volume_ops
+from vnet_tf.data.preprocess import PreprocessConfig
+from vnet_tf.inference.segmentation import POSTPROCESS_MODES as POSTPROCESS
+
+BLENDS = ("gaussian", "constant")
+# The largest volume, at the run's spacing, that one call may segment (sized by the measured
+# peak memory of a larger request: BENCHMARKS.md, "Serving: memory and response sizes"), and
+# the smallest axis it accepts.
+DEFAULT_MAX_VOXELS = 48 * 1024 * 1024
+MIN_AXIS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window settings.
+
+    ``overlap``: fraction of the patch that neighbouring windows share (0.5: nnU-Net).
+    ``sigma_scale``: Gaussian sigma as a fraction of the patch (nnU-Net: 1/8).
+    ``mirror_axes``: spatial axes (0 = z, 1 = y, 2 = x) to mirror over for test-time
+    augmentation; every subset is predicted and the probabilities averaged (2^n passes).
+    ``postprocess``: ``"largest"`` keeps each class's largest connected component;
+    ``"min_size"`` removes components smaller than ``min_size`` voxels (on the host, after
+    the graph: :mod:`vnet_tf.inference.segmentation`).
+    """
+
+    patch_size_zyx: Tuple[int, int, int] = (32, 32, 32)
+    overlap: float = 0.5
+    batch_size: int = 2
+    blend: str = "gaussian"
+    sigma_scale: float = 0.125
+    mirror_axes: Tuple[int, ...] = ()
+    postprocess: str = "none"
+    min_size: int = 0
+
+    def validate(self) -> "InferenceConfig":
+        if len(self.patch_size_zyx) != 3 or min(self.patch_size_zyx) < 1:
+            raise ValueError(f"patch_size_zyx must be 3 positive sizes, got {self.patch_size_zyx!r}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.blend not in BLENDS:
+            raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+        if self.sigma_scale <= 0:
+            raise ValueError(f"sigma_scale must be > 0, got {self.sigma_scale!r}")
+        if any(a not in (0, 1, 2) for a in self.mirror_axes) or len(set(self.mirror_axes)) != len(self.mirror_axes):
+            raise ValueError(f"mirror_axes must be distinct axes among 0 (z), 1 (y), 2 (x), got {self.mirror_axes!r}")
+        if self.postprocess not in POSTPROCESS:
+            raise ValueError(f"postprocess must be one of {POSTPROCESS}, got {self.postprocess!r}")
+        if self.min_size < 0:
+            raise ValueError(f"min_size must be >= 0, got {self.min_size!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def gaussian_weights(patch: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Importance map of a window: a Gaussian centred on the patch, sigma = patch *
+    ``sigma_scale`` per axis, scaled to a maximum of 1 and floored at its smallest
+    non-zero value (so that no voxel gets weight 0)."""
+    axes = []
+    for n in patch:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        sigma = max(n * sigma_scale, 1e-6)
+        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
+    weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    weights /= weights.max()
+    weights = np.maximum(weights, weights[weights > 0].min())
+    return weights.astype(np.float32)
+
+
+def window_starts(size, patch: int, overlap: float):
+    """Start positions (int32 tensor) covering ``[0, size)`` with windows of ``patch``
+    (``size >= patch``): spaced at most ``patch * (1 - overlap)`` apart and spread evenly,
+    first at 0 and last at ``size - patch``, in integer arithmetic (no duplicates)."""
+    span = tf.maximum(tf.convert_to_tensor(size, tf.int32) - patch, 0)
+    step = max(1, int(patch * (1.0 - overlap)))
+    gaps = tf.maximum((span + step - 1) // step, 1)
+    index = tf.range(gaps + 1)
+    starts = (index * span + gaps // 2) // gaps
+    return tf.cond(span > 0, lambda: starts, lambda: tf.zeros([1], tf.int32))
+
+
+def _fixed_length(values, n: int, fill: float):
+    """``values`` cut or padded with ``fill`` to ``n`` entries."""
+    return tf.pad(values, [[0, tf.maximum(n - tf.size(values), 0)]], constant_values=fill)[:n]
+
+
+class Untracked:
+    """A plain holder: tf.Module does not look inside it (the model's variables are tracked
+    once, as a list, by the module)."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+class Segmenter(tf.Module):
+    """The whole-volume inference of one model (or an ensemble: any callable
+    ``model(patches, training=False)`` with ``variables``) with a run's settings.
+
+    - :meth:`segment` (a ``tf.function``): ``volume`` float32 ``(D, H, W, C)`` as read,
+      ``spacing`` ``[3]`` (mm, z-y-x), ``direction`` ``[9]`` (SimpleITK's) -> ``labels`` int32
+      ``(D, H, W)`` and ``probabilities`` float32 ``(D, H, W, K)`` on the input's grid.
+    - :meth:`segment_labels`: the same without the probabilities (less memory).
+    - :meth:`sliding_window`: a preprocessed ``(D, H, W, C)`` volume -> probabilities.
+    - :meth:`preprocess_volume`: the network's input for a volume as :meth:`segment` makes it.
+    - :meth:`predict_patch`: ``(N, pz, py, px, C)`` preprocessed patches -> probabilities.
+    """
+
+    def __init__(self, model, preprocess: PreprocessConfig, inference: InferenceConfig, channels: int,
+                 num_classes: int, max_voxels: int = DEFAULT_MAX_VOXELS):
+        super().__init__(name="vnet_segmenter")
+        preprocess, inference = preprocess.validate(), inference.validate()
+        self._holder = Untracked(model)
+        self.model_variables = [getattr(v, "value", v) for v in getattr(model, "variables", [])]
+        self.channels, self.num_classes = int(channels), int(num_classes)
+        self.preprocess, self.inference = preprocess, inference
+        self.max_voxels = int(max_voxels)
+        self.patch = tuple(int(p) for p in inference.patch_size_zyx)
+        weights = (gaussian_weights(self.patch, inference.sigma_scale) if inference.blend == "gaussian"
+                   else np.ones(self.patch, np.float32))
+        self.window_weights = tf.constant(weights)
+        c, p = self.channels, self.patch
+        volume_spec = tf.TensorSpec([None, None, None, c], tf.float32, name="volume")
+        geometry = [tf.TensorSpec([None], tf.float32, name="spacing"),
+                    tf.TensorSpec([None], tf.float32, name="direction")]
+        self.segment = tf.function(lambda v, s, d: self._segment(v, s, d, True),
+                                   autograph=False, input_signature=[volume_spec, *geometry])
+        self.segment_labels = tf.function(lambda v, s, d: self._segment(v, s, d, False),
+                                          autograph=False, input_signature=[volume_spec, *geometry])
+        self.sliding_window = tf.function(self._sliding_window, autograph=False, input_signature=[volume_spec])
+        self.preprocess_volume = tf.function(lambda v, s, d: self._preprocess(v, s, d)[0],
+                                             autograph=False, input_signature=[volume_spec, *geometry])
+        self.predict_patch = tf.function(self._predict_patch, autograph=False, input_signature=[
+            tf.TensorSpec([None, p[0], p[1], p[2], c], tf.float32, name="patches")])
+
+    # -- windows -------------------------------------------------------------------------
+    def _predict_patch(self, patches):
+        return {"probabilities": tf.cast(self._holder.model(patches, training=False), tf.float32)}
+
+    def _mirrored(self, patches):
+        """The mean of the model's probabilities over every subset of the mirror axes (each
+        flipped in, and back out), one subset per loop step: the model is traced once and
+        holds one window batch at a time."""
+        axes = self.inference.mirror_axes
+        subsets = [()] + [s for r in range(1, len(axes) + 1) for s in itertools.combinations(axes, r)]
+        if len(subsets) == 1:
+            return tf.cast(self._holder.model(patches, training=False), tf.float32)
+        masks = tf.constant([[a in subset for a in range(3)] for subset in subsets])
+
+        def body(i, total):
+            flip = tf.boolean_mask(tf.constant([1, 2, 3]), masks[i])
+            y = tf.cast(self._holder.model(tf.reverse(patches, flip), training=False), tf.float32)
+            return i + 1, total + tf.reverse(y, flip)
+
+        shape = tf.concat([tf.shape(patches)[:4], [self.num_classes]], 0)
+        _, total = tf.while_loop(lambda i, t: i < len(subsets), body, (0, tf.zeros(shape)))
+        return total / float(len(subsets))
+
+    def _sliding_window(self, volume):
+        """``(D, H, W, C)`` preprocessed volume -> ``(D, H, W, K)`` probabilities."""
+        accum, norm = self._blend(volume)
+        return accum / norm[..., None]
+
+    def _blend(self, volume):
+        """``(accum, norm)`` of a ``(D, H, W, C)`` preprocessed volume: centred zero padding
+        to the patch, windows ``batch_size`` at a time, each window's probabilities weighted
+        by the importance map and summed in place (``accum``, ``(D, H, W, K)``), and the
+        summed weights (``norm``, ``(D, H, W)``, positive). The probabilities are
+        ``accum / norm``; the labels ``argmax(accum)``."""
+        patch = tf.constant(self.patch, tf.int32)
+        size = tf.shape(volume)[:3]
+        padded = tf.maximum(size, patch)
+        before = (padded - size) // 2
+        volume = volume_ops.place_window(volume, -before, padded)
+        axes = [window_starts(padded[i], self.patch[i], self.inference.overlap) for i in range(3)]
+        starts = tf.reshape(tf.stack(tf.meshgrid(*axes, indexing="ij"), axis=-1), (-1, 3))
+        n = tf.shape(starts)[0]
+        bs = self.inference.batch_size
+        chunks = (n + bs - 1) // bs
+        k_classes = self.num_classes
+        window_spec = tf.TensorSpec([*self.patch, self.channels], tf.float32)
+
+        def add(total, start, value, channels):
+            begin = tf.concat([start, [0] * channels], 0)
+            end = tf.concat([start + patch, tf.shape(total)[3:]], 0)
+            current = tf.slice(total, begin, tf.shape(value))
+            return tf.raw_ops.TensorStridedSliceUpdate(input=total, begin=begin, end=end,
+                                                       strides=tf.ones_like(begin), value=current + value)
+
+        def body(k, accum, norm):
+            chunk = starts[k * bs:tf.minimum((k + 1) * bs, n)]  # the last chunk may hold fewer
+            patches = tf.map_fn(lambda s: tf.slice(volume, tf.concat([s, [0]], 0), [*self.patch, self.channels]),
+                                chunk, fn_output_signature=window_spec)
+            probabilities = self._mirrored(patches)
+
+            def add_window(j, accum, norm):
+                accum = add(accum, chunk[j], probabilities[j] * self.window_weights[..., None], 1)
+                return j + 1, accum, add(norm, chunk[j], self.window_weights, 0)
+
+            _, accum, norm = tf.while_loop(lambda j, a, b: j < tf.shape(chunk)[0], add_window, (0, accum, norm))
+            return k + 1, accum, norm
+
+        accum = tf.fill(tf.concat([padded, [k_classes]], 0), 0.0)
+        norm = tf.fill(padded, 0.0)
+        _, accum, norm = tf.while_loop(lambda k, a, b: k < chunks, body, (0, accum, norm))
+        return (tf.slice(accum, tf.concat([before, [0]], 0), tf.concat([size, [k_classes]], 0)),
+                tf.slice(norm, before, size))
+
+    # -- whole volumes ---------------------------------------------------------------------
+    def _checks(self, volume, spacing, direction):
+        shape = tf.shape(volume)
+        return [
+            tf.debugging.Assert(tf.size(spacing) == 3, [
+                "input spacing: expected 3 values (mm, in z, y, x order); got", tf.size(spacing), "values"]),
+            tf.debugging.Assert(tf.size(direction) == 9, [
+                "input direction: expected 9 values (the scan direction cosines, as SimpleITK GetDirection "
+                "returns them); got", tf.size(direction), "values"]),
+            tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(spacing)) & tf.reduce_all(spacing > 0), [
+                "input spacing: expected 3 positive finite values (mm, z, y, x); got", spacing]),
+            tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(volume)), [
+                "input volume: expected finite values; found NaN or infinite voxels:",
+                tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(volume)), tf.int64))]),
+            tf.debugging.Assert(tf.reduce_all(shape[:3] >= MIN_AXIS), [
+                f"input volume: expected at least {MIN_AXIS} voxels along each spatial axis; got shape", shape]),
+        ]
+
+    def _orientation(self, direction):
+        code = self.preprocess.orientation
+        if code is None:
+            return tf.range(3), tf.zeros([3], tf.bool)
+        matrix = tf.reshape(direction, (3, 3))
+        perm, flips, valid = volume_ops.orientation_permutation(direction, code)
+        column_norms = tf.norm(tf.cast(matrix, tf.float64), axis=0)
+        ok = valid & tf.reduce_all(tf.abs(column_norms - 1.0) < 1e-3) & tf.reduce_all(tf.math.is_finite(direction))
+        check = tf.debugging.Assert(ok, [
+            "input direction: expected the 9 direction cosines of a scan (unit columns, each along a "
+            "different anatomical axis); got", direction])
+        with tf.control_dependencies([check]):
+            return tf.identity(perm), tf.identity(flips)
+
+    def _preprocess(self, volume, spacing, direction):
+        """The run's preprocessing in the graph: ``(image, grid, size, perm, flips, spacing_o,
+        start)``: the network's input (reoriented, resampled, normalised, centre-cropped),
+        the resampled grid, the reoriented size, the reorientation, the reoriented spacing
+        and the crop's start (``None`` without a crop)."""
+        checks = self._checks(volume, spacing, direction)
+        # Fixed lengths, so that no op fails on a bad request before the checks name it.
+        spacing, direction = _fixed_length(spacing, 3, 1.0), _fixed_length(direction, 9, 0.0)
+        with tf.control_dependencies(checks):
+            perm, flips = self._orientation(direction)
+            volume = tf.identity(volume)
+        oriented = tf.ensure_shape(volume_ops.reorient(volume, perm, flips), [None, None, None, self.channels])
+        spacing_o = tf.gather(spacing, perm)
+        size = tf.shape(oriented)[:3]
+        target = self.preprocess.target_spacing_zyx
+        grid = size if target is None else volume_ops.resampled_size(size, spacing_o, target)
+        voxels = tf.reduce_prod(tf.cast(grid, tf.int64))
+        limits = [
+            tf.debugging.Assert(voxels <= self.max_voxels, [
+                f"input volume: at the spacing of the run it would hold more than the limit of this model, "
+                f"{self.max_voxels} voxels (the export's max_voxels); got a grid of", grid, "from shape",
+                tf.shape(volume), "and spacing", spacing]),
+            tf.debugging.Assert(tf.reduce_all(grid >= MIN_AXIS), [
+                f"input volume: at the spacing of the run it would be under {MIN_AXIS} voxels along an axis; "
+                "got a grid of", grid, "from shape", tf.shape(volume), "and spacing", spacing]),
+        ]
+        with tf.control_dependencies(limits):
+            oriented = tf.identity(oriented)
+        if target is not None:
+            oriented = tf.ensure_shape(volume_ops.resample(oriented, spacing_o, target, grid),
+                                       [None, None, None, self.channels])
+        image = volume_ops.normalize(oriented, self.preprocess.normalization, self.preprocess.clip_percentiles)
+        start = None
+        if self.preprocess.crop_size_zyx is not None:
+            image, start = volume_ops.centre_crop_or_pad(image, self.preprocess.crop_size_zyx)
+        return image, grid, size, perm, flips, spacing_o, start
+
+    def _segment(self, volume, spacing, direction, with_probabilities: bool):
+        image, grid, size, perm, flips, spacing_o, start = self._preprocess(volume, spacing, direction)
+        accum, norm = self._blend(image)
+        labels = tf.cast(tf.argmax(accum, axis=-1), tf.int32)  # = argmax(accum / norm): norm > 0
+        probabilities = accum / norm[..., None] if with_probabilities else None
+        if start is not None:  # outside the crop is background
+            labels = volume_ops.place_window(labels, -start, grid)
+            if with_probabilities:
+                background = tf.one_hot(0, self.num_classes)
+                probabilities = volume_ops.place_window(probabilities - background, -start, grid) + background
+        target = self.preprocess.target_spacing_zyx
+        if target is not None:
+            labels = volume_ops.resample(labels, target, spacing_o, size, nearest=True)
+            if with_probabilities:
+                probabilities = volume_ops.resample(probabilities, target, spacing_o, size)
+        out = {"labels": volume_ops.unorient(labels, perm, flips)}
+        if with_probabilities:
+            out["probabilities"] = volume_ops.unorient(probabilities, perm, flips)
+        return out

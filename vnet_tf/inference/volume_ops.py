@@ -1,0 +1,159 @@
+"""TensorFlow graph ops on whole volumes: reorientation, resampling and intensity
+normalisation, as :class:`vnet_tf.inference.segmenter.Segmenter` applies them before and after the
+sliding window (in ``evaluate.py``, in training-time validation and in the exported
+SavedModel alike).
+
+Arrays are in SimpleITK's ``(z, y, x[, c])`` order; ``spacing`` is in mm in the same order;
+``direction`` is SimpleITK's ``GetDirection()`` (9 values, row-major, indexed ``x, y, z``).
+The training cache preprocesses with SimpleITK (:mod:`vnet_tf.data.preprocess`); these ops
+follow the same rules (docs/explanation/inference.md: where they differ and by how much).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from vnet_tf.data.preprocess import AXIS_OF_LETTER
+
+
+def orientation_permutation(direction, code: str):
+    """``(perm, flips, valid)`` that bring an array with ``direction`` to the orientation
+    ``code`` (e.g. ``"LPS"``) by a transpose then a reverse, as ``SimpleITK.DICOMOrient``
+    does: ``perm`` int32 ``[3]`` over the array axes ``(z, y, x)``, ``flips`` bool ``[3]`` over
+    the transposed axes, ``valid`` false when two index axes point along the same anatomical
+    axis (then no permutation exists)."""
+    matrix = tf.reshape(tf.cast(direction, tf.float64), (3, 3))  # [physical r, index axis c]
+    physical = tf.argmax(tf.abs(matrix), axis=0, output_type=tf.int32)  # per index axis
+    positive = tf.gather_nd(matrix, tf.stack([physical, tf.range(3)], axis=1)) > 0.0
+    wanted = tf.constant([AXIS_OF_LETTER[c] for c in code.upper()], tf.int32)
+    wanted_positive = tf.constant([c in "LPS" for c in code.upper()])
+    match = tf.equal(wanted[:, None], physical[None, :])  # [target index axis k, source c]
+    valid = tf.reduce_all(tf.reduce_sum(tf.cast(match, tf.int32), axis=1) == 1)
+    source = tf.argmax(tf.cast(match, tf.int32), axis=1, output_type=tf.int32)
+    flip_index = tf.not_equal(tf.gather(positive, source), wanted_positive)
+    # Array axis b is index axis 2 - b.
+    perm = 2 - tf.reverse(source, [0])
+    flips = tf.reverse(flip_index, [0])
+    return perm, flips, valid
+
+
+def _axes(flags):
+    return tf.boolean_mask(tf.range(tf.size(flags)), flags)
+
+
+def reorient(volume, perm, flips):
+    """``(D, H, W, ...)`` volume transposed by ``perm`` then reversed along ``flips``."""
+    rank = tf.rank(volume)
+    full = tf.concat([perm, tf.range(3, rank)], axis=0)
+    return tf.reverse(tf.transpose(volume, full), _axes(flips))
+
+
+def unorient(volume, perm, flips):
+    """The inverse of :func:`reorient`."""
+    rank = tf.rank(volume)
+    inverse = tf.math.invert_permutation(perm)
+    return tf.transpose(tf.reverse(volume, _axes(flips)), tf.concat([inverse, tf.range(3, rank)], axis=0))
+
+
+def resampled_size(size, spacing, target: Sequence[float]):
+    """``max(1, round(size * spacing / target))`` per axis, in float64 (round half to even,
+    as Python's ``round`` in :func:`vnet_tf.data.preprocess.preprocess_case`)."""
+    ratio = tf.cast(size, tf.float64) * tf.cast(spacing, tf.float64) / tf.constant(target, tf.float64)
+    return tf.maximum(tf.cast(tf.round(ratio), tf.int32), 1)
+
+
+def resample(volume, from_spacing, to_spacing, new_size, nearest: bool = False):
+    """Resamples ``volume (D, H, W, ...)`` from ``from_spacing`` to ``to_spacing`` (``[3]``
+    each, mm) onto ``new_size`` with the origin kept, as ``SimpleITK.Resample`` does: output
+    voxel ``i`` samples input index ``i * to / from`` per axis, trilinearly (separably, one axis
+    at a time) or at the nearest voxel; positions past the last voxel's outer half are outside the
+    scan and get 0 (past ``size - 0.5``; at exactly ``size - 0.5`` SimpleITK's rounding decides, here
+    inside), and those within half a voxel of the last voxel take its value."""
+    for axis in range(3):
+        length = tf.shape(volume)[axis]
+        position = (tf.cast(tf.range(new_size[axis]), tf.float64) * tf.cast(to_spacing[axis], tf.float64)
+                    / tf.cast(from_spacing[axis], tf.float64))
+        inside = position <= tf.cast(length, tf.float64) - 0.5
+        position = tf.minimum(position, tf.cast(length - 1, tf.float64))
+        shape = tf.tensor_scatter_nd_update(tf.ones([tf.rank(volume)], tf.int32), [[axis]], [-1])
+        keep = tf.reshape(tf.cast(inside, volume.dtype), shape)
+        if nearest:
+            index = tf.minimum(tf.cast(tf.floor(position + 0.5), tf.int32), length - 1)
+            volume = tf.gather(volume, index, axis=axis) * keep
+            continue
+        low = tf.cast(tf.floor(position), tf.int32)
+        high = tf.minimum(low + 1, length - 1)
+        frac = tf.reshape(tf.cast(position - tf.floor(position), volume.dtype), shape)
+        volume = (tf.gather(volume, low, axis=axis) * (1.0 - frac) + tf.gather(volume, high, axis=axis) * frac) * keep
+    return volume
+
+
+def _percentile(ordered, q: float):
+    n = tf.cast(tf.size(ordered), tf.float64)
+    position = q / 100.0 * (n - 1.0)
+    low = tf.cast(tf.floor(position), tf.int32)
+    high = tf.minimum(low + 1, tf.size(ordered) - 1)
+    frac = position - tf.floor(position)
+    return tf.gather(ordered, low) * (1.0 - frac) + tf.gather(ordered, high) * frac
+
+
+def normalize(volume, mode: str, clip_percentiles: Optional[Sequence[float]] = None):
+    """Per-channel intensity normalisation of ``(D, H, W, C)`` as
+    :func:`vnet_tf.data.preprocess.normalize_intensities`: optional percentile clipping, then
+    ``zscore``, ``zscore_foreground`` (voxels != 0; the others stay 0), ``rescale`` to [0, 1]
+    or ``none``. Statistics are summed in float64; the volume stays float32 (no float64 copy
+    of a large scan is kept)."""
+    channels = []
+    for c in range(volume.shape[-1]):
+        x = tf.cast(volume[..., c], tf.float32)
+        mask = None
+        if mode == "zscore_foreground":
+            mask = tf.not_equal(x, 0.0)
+            mask = tf.cond(tf.reduce_any(mask), lambda m=mask: m, lambda x=x: tf.ones_like(x, tf.bool))
+        def values(x=x, mask=mask):
+            return x if mask is None else tf.boolean_mask(x, mask)
+
+        if clip_percentiles is not None:
+            ordered = tf.cast(tf.sort(tf.reshape(values(), [-1])), tf.float64)
+            low = tf.cast(_percentile(ordered, float(clip_percentiles[0])), tf.float32)
+            high = tf.cast(_percentile(ordered, float(clip_percentiles[1])), tf.float32)
+            x = tf.clip_by_value(x, low, high)
+        if mode in ("zscore", "zscore_foreground"):
+            v = tf.cast(values(x), tf.float64)
+            mean = tf.reduce_mean(v)
+            std = tf.sqrt(tf.reduce_mean(tf.square(v - mean)))
+            out = (x - tf.cast(mean, tf.float32)) / tf.cast(tf.maximum(std, 1e-8), tf.float32)
+            if mask is not None:
+                out = tf.where(mask, out, tf.zeros_like(out))
+        elif mode == "rescale":
+            low, high = tf.reduce_min(x), tf.reduce_max(x)
+            out = (x - low) / tf.maximum(high - low, 1e-8)
+        else:
+            out = x
+        channels.append(out)
+    return tf.stack(channels, axis=-1)
+
+
+def centre_crop_or_pad(volume, size: Sequence[int]):
+    """The centred window of ``size`` of ``(D, H, W, C)``, zero outside: ``(window, start)``
+    with ``start = (shape - size) // 2`` per axis (negative: padding), as
+    :func:`vnet_tf.data.preprocess.preprocess_case`."""
+    shape = tf.shape(volume)[:3]
+    size_t = tf.constant(size, tf.int32)
+    start = tf.math.floordiv(shape - size_t, 2)
+    return place_window(volume, start, size_t), start
+
+
+def place_window(volume, start, size):
+    """``volume[start:start + size]`` over the first 3 axes, zero where it reaches outside."""
+    shape = tf.shape(volume)[:3]
+    low = tf.maximum(start, 0)
+    high = tf.minimum(start + size, shape)
+    inner = tf.slice(volume, tf.concat([low, tf.zeros([tf.rank(volume) - 3], tf.int32)], 0),
+                     tf.concat([tf.maximum(high - low, 0), tf.shape(volume)[3:]], 0))
+    before = low - start
+    after = size - before - tf.maximum(high - low, 0)
+    pads = tf.concat([tf.stack([before, after], axis=1), tf.zeros([tf.rank(volume) - 3, 2], tf.int32)], 0)
+    return tf.pad(inner, pads)

@@ -1,0 +1,85 @@
+"""Reading a training workdir for evaluation and export: its settings (``config.json``) and
+its weights (``best.npz`` / ``checkpoint.npz``), with errors that name the file.
+
+``which``: ``best`` (best validation Dice), ``final`` (the latest checkpoint; the weights'
+moving average where the run kept one) or ``final_raw`` (a run with a weight average: its
+latest training weights).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Tuple
+
+from vnet_tf.core.errors import UserError
+from vnet_tf.model import averaging
+from vnet_tf.model.checkpoint import restore_checkpoint
+from vnet_tf.inference.segmenter import InferenceConfig
+from vnet_tf.core.io import PathLike
+from vnet_tf.model.vnet import VNetConfig, build_vnet
+from vnet_tf.data.preprocess import PreprocessConfig
+
+CONFIG, CHECKPOINT, BEST = "config.json", "checkpoint.npz", "best.npz"
+WHICH = ("best", "final", "final_raw")
+
+
+def read_run(workdir: PathLike) -> dict:
+    """The run's ``config.json`` as a dict; ``FileNotFoundError`` / ``ValueError`` naming it."""
+    path = pathlib.Path(workdir) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{workdir}: no {CONFIG}; is it a training workdir?")
+    try:
+        run = json.loads(path.read_text())
+        run["model"], run["train"], run["num_classes"]  # pylint: disable=pointless-statement
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: expected a training run's settings (JSON with model, train and "
+                        f"num_classes); found {type(err).__name__}: {err}") from err
+    return run
+
+
+def run_model_config(run: dict) -> VNetConfig:
+    """The model settings of a run (its config.json as a dict), computing in float32 whatever
+    the training precision: the weights are float32 either way."""
+    fields = dict(run["model"])
+    for key in ("convs_left", "convs_right"):
+        if fields.get(key) is not None:
+            fields[key] = tuple(fields[key])
+    fields["dtype_policy"] = None
+    return VNetConfig(**fields)
+
+
+def run_configs(run: dict) -> Tuple[PreprocessConfig, InferenceConfig]:
+    """The preprocessing and inference settings a run was trained with."""
+    train_cfg = run["train"]
+    pre = dict(train_cfg["preprocess"])
+    for key in ("target_spacing_zyx", "clip_percentiles", "crop_size_zyx"):
+        if pre.get(key) is not None:
+            pre[key] = tuple(pre[key])
+    inf = dict(train_cfg["inference"])
+    inf["patch_size_zyx"] = tuple(train_cfg["patch_size_zyx"])
+    inf["mirror_axes"] = tuple(inf["mirror_axes"])
+    return PreprocessConfig(**pre), InferenceConfig(**inf)
+
+
+def restore_model(workdir: PathLike, which: str = "best"):
+    """``(model, run)``: the run's model (float32) with the weights ``which`` names; raises
+    when a file is missing or unreadable, or a variable is not restored."""
+    if which not in WHICH:
+        raise UserError(f"which must be one of {WHICH}, got {which!r}")
+    workdir = pathlib.Path(workdir)
+    run = read_run(workdir)
+    averaged = bool(run["train"].get("weight_average"))
+    if which == "final_raw" and not averaged:
+        raise UserError(f"{workdir}: which='final_raw' needs a run trained with a weight average "
+                        f"(weight_average > 0); this one kept none, so its final model is 'final'")
+    model = build_vnet(run_model_config(run))
+    path = workdir / (BEST if which == "best" else CHECKPOINT)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint (has the run validated / finished?)")
+    # best.npz holds the average already; checkpoint.npz holds both.
+    group = averaging.GROUP if which == "final" and averaged else "model"
+    _, count = restore_checkpoint(path, {group: model.variables}, only_groups=True)
+    if count != len(model.variables):
+        raise UserError(f"{path}: restored {count} of {len(model.variables)} variables")
+    return model, run

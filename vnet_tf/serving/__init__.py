@@ -1,0 +1,1 @@
+"""Stage 5, serving: the SavedModel's signatures, export, and the TF Serving client."""

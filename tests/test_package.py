@@ -51,6 +51,14 @@ def test_every_console_script_is_installed_and_runs(installed):
     helped = subprocess.run([target / "bin" / "vnet-train", "--helpfull"], cwd=root, env=env,
                             capture_output=True, text=True, encoding="utf-8")
     assert "--time_budget_minutes" in helped.stdout, helped.stderr[-2000:]  # (absl exits 1 after help)
+    # --helpfull lists train's flags by stage (absl orders the stages' modules by name)
+    text = helped.stdout
+    headings = sorted((text.index(f"vnet_tf.commands.train_flags.{stage}:"), stage)
+                      for stage in ("data", "model", "loss", "augmentation", "run"))
+    for flag, stage in (("--data_dir", "data"), ("--base_width", "model"), ("--learning_rate", "loss"),
+                        ("--aug_elastic_p", "augmentation"), ("--steps", "run")):
+        position = text.index(f"  {flag}")
+        assert max((h for h in headings if h[0] < position), default=(0, None))[1] == stage, flag
     checked = subprocess.run([target / "bin" / "vnet-check", str(root / "no_such_dataset")], cwd=root, env=env,
                              capture_output=True, text=True, encoding="utf-8")
     assert checked.returncode == 2 and checked.stderr.startswith("error:"), checked.stderr[-2000:]

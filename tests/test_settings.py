@@ -81,7 +81,8 @@ def test_every_field_has_a_flag_or_a_reason(command):
     mapped, excused = set(command.FIELD_OF.values()), set(command.NOT_FLAGS)
     assert not mapped & excused
     assert fields == mapped | excused, (sorted(fields - mapped - excused), sorted((mapped | excused) - fields))
-    own = {flag.name for flag in flags.FLAGS.get_flags_for_module(command.__name__)}
+    own = {flag.name for module in command.FLAG_MODULES for flag in flags.FLAGS.get_flags_for_module(module)}
+    assert not flags.FLAGS.get_flags_for_module(command.__name__)  # all defined by stage, none loose
     assert own == set(command.FIELD_OF) | set(command.COMMAND_ONLY)
 
 

@@ -21,6 +21,8 @@ def _modules():
     for path in PACKAGE.glob("*/*.py"):
         stage = path.parent.name
         found[stage if path.stem == "__init__" else f"{stage}.{path.stem}"] = path
+    for path in PACKAGE.glob("*/*/__init__.py"):  # a package inside a stage (its modules define flags only)
+        found[f"{path.parent.parent.name}.{path.parent.name}"] = path
     return found
 
 

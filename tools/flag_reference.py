@@ -3,16 +3,14 @@
     python tools/flag_reference.py           # rewrite docs/reference/flags.md
     python tools/flag_reference.py --check   # exit 1 if the file is not what the code gives
 
-The flags are read from the commands themselves: the absl flags that
-:mod:`vnet_tf.commands` ``train``, ``evaluate`` and ``export`` define (each imported in its own
-process, as their flag names overlap), and the argparse parsers
-of ``python -m vnet_tf.data.check`` and ``python -m vnet_tf.serving.client``. train.py's flags are
-grouped by the ``# section`` comments that precede their definitions.
+The flags are read from the commands themselves: the absl flags of :mod:`vnet_tf.commands`
+``train``, ``evaluate``, ``predict`` and ``export`` (each imported in its own process, as their
+flag names overlap; train.py's by stage, from the modules its ``FLAG_MODULES`` names), and the
+argparse parsers of the other commands (``build_parser``).
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import pathlib
 import subprocess
@@ -26,40 +24,24 @@ ARGPARSE_COMMANDS = ("vnet_tf.data.check", "vnet_tf.serving.client", "vnet_tf.co
 SHARED_MODULES = ("vnet_tf.core.cli",)
 
 
-def _sections(script: pathlib.Path) -> dict:
-    """Flag name -> the ``# section`` comment above its definition (top-level comments only)."""
-    names = {}
-    for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr.startswith("DEFINE") and node.args
-                and isinstance(node.args[0], ast.Constant)):
-            names[node.lineno] = node.args[0].value
-    section, result = "", {}
-    for number, line in enumerate(script.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.startswith("# "):
-            section = line[2:].strip()
-        if number in names:
-            result[names[number]] = section
-    return result
-
-
 def _absl_dump(command: str) -> list:
-    """The flags ``command``.py and the shared CLI module define, as dicts (run in its own process)."""
+    """The flags the command defines (in its own module, or by stage in its ``FLAG_MODULES``)
+    and the shared CLI module's, as dicts (run in its own process)."""
     sys.path.insert(0, str(REPO))
     import importlib
     from absl import flags
     module_name = f"vnet_tf.commands.{command}"
     module = importlib.import_module(module_name)
     field_of = getattr(module, "FIELD_OF", {})
-    sections = _sections(REPO / "vnet_tf" / "commands" / f"{command}.py")
     rows = []
-    for owner in (module_name, *SHARED_MODULES):
+    for owner in (*getattr(module, "FLAG_MODULES", (module_name,)), *SHARED_MODULES):
+        doc = (importlib.import_module(owner).__doc__ or "").strip().splitlines()
+        section = "errors" if owner in SHARED_MODULES else (doc[0].split(":")[0].rstrip(".") if owner != module_name else "")
         for flag in flags.FLAGS.get_flags_for_module(owner):
             rows.append({"name": flag.name, "type": flag.flag_type(),
                          "default": (flag.default_as_str or "").strip("'"), "help": flag.help,
                          "choices": [],  # absl's help already begins with <a|b|c>
-                         "section": sections.get(flag.name, "") if owner == module_name else "errors",
-                         "field": field_of.get(flag.name, "")})
+                         "section": section, "field": field_of.get(flag.name, "")})
     if hasattr(module, "NOT_FLAGS"):
         rows.append({"not_flags": module.NOT_FLAGS})
     return rows

@@ -13,101 +13,12 @@ import pathlib
 
 from absl import app, flags
 
+from vnet_tf.commands import train_flags  # noqa: F401  (defines the flags, one module per stage)
 from vnet_tf.core import cli
 
 FLAGS = flags.FLAGS
-# data
-flags.DEFINE_string("data_dir", "", "dataset folder; empty = the embedded demo dataset")
-flags.DEFINE_enum("layout", "auto", ["auto", "msd", "nnunet", "promise12"], "dataset layout")
-flags.DEFINE_string("workdir", "runs/demo", "where the run writes its outputs")
-flags.DEFINE_string("cache_dir", ".cache", "preprocessed-case cache (and the demo dataset)")
-flags.DEFINE_integer("demo_cases", 16, "cases in the demo dataset", lower_bound=2)
-flags.DEFINE_integer("num_classes", 0, "classes, background included; 0 = those dataset.json declares, else "
-                     "the label values found, which must then be 0..K-1 without gaps", lower_bound=0)
-flags.DEFINE_list("target_spacing", [], "resample to this spacing in mm, z,y,x; empty = keep")
-flags.DEFINE_enum("intensity_normalization", "zscore", ["none", "zscore", "zscore_foreground", "rescale"],
-                  "per-case intensity normalisation")
-flags.DEFINE_list("clip_percentiles", [], "clip intensities to these percentiles first, e.g. 0.5,99.5")
-flags.DEFINE_list("patch_size", ["32", "32", "32"], "training patch, z,y,x voxels")
-flags.DEFINE_integer("num_folds", 5, "cross-validation folds (case-id hash)", lower_bound=2)
-flags.DEFINE_integer("fold", 0, "the validation fold; -1 = train on every case, no validation "
-                     "(the final model; the last weights are also best.keras)", lower_bound=-1)
-flags.DEFINE_integer("max_validation_cases", 0, "validate on at most this many cases (0 = all)", lower_bound=0)
-# model
-flags.DEFINE_enum("variant", "paper", ["paper", "caffe"], "V-Net layout")
-flags.DEFINE_integer("base_width", 8, "channels of the first stage", lower_bound=1)
-flags.DEFINE_integer("depth", 4, "resolution levels", lower_bound=1)
-flags.DEFINE_integer("kernel_size", 3, "odd conv kernel edge", lower_bound=1)
-flags.DEFINE_list("convs_left", [], "convs per left stage (empty = the variant's default)")
-flags.DEFINE_list("convs_right", [], "convs per right stage (empty = the variant's default)")
-flags.DEFINE_enum("activation", "prelu", ["prelu", "relu", "elu"], "activation")
-flags.DEFINE_enum("normalization", "instance", ["none", "batch", "instance", "group"], "layer normalisation")
-flags.DEFINE_float("dropout", 0.0, "channel dropout after every stage", lower_bound=0.0, upper_bound=0.99)
-# loss and optimiser
-flags.DEFINE_enum("loss", "dice_ce", ["dice", "dice_ce"], "the paper's Dice loss, or Dice + cross-entropy")
-flags.DEFINE_bool("include_background", False, "count the background class in the Dice loss")
-flags.DEFINE_bool("dice_squared", True, "the paper's sum p^2 + sum g^2 Dice denominator (false: sum p + sum g)")
-flags.DEFINE_bool("batch_dice", False, "one Dice over the whole batch (nnU-Net) instead of one per sample")
-flags.DEFINE_integer("deep_supervision", 0, "softmax heads on right stages 1..N, trained only (0 = off)",
-                     lower_bound=0)
-flags.DEFINE_enum("optimizer", "adam", ["sgd", "adam", "adamw"], "optimiser")
-flags.DEFINE_float("learning_rate", 3e-3, "initial learning rate", lower_bound=0.0)
-flags.DEFINE_float("momentum", 0.99, "SGD momentum", lower_bound=0.0)
-flags.DEFINE_bool("nesterov", False, "Nesterov momentum (SGD)")
-flags.DEFINE_float("weight_decay", 0.0, "weight decay", lower_bound=0.0)
-flags.DEFINE_enum("lr_schedule", "constant", ["constant", "step", "poly", "cosine"], "learning-rate schedule")
-flags.DEFINE_integer("lr_decay_steps", 25000, "step schedule: decay every this many steps", lower_bound=0)
-flags.DEFINE_float("lr_decay_factor", 0.1, "step schedule: multiply by this")
-flags.DEFINE_float("poly_power", 0.9, "poly schedule power")
-flags.DEFINE_integer("warmup_steps", 0, "linear warm-up steps", lower_bound=0)
-flags.DEFINE_float("clipnorm", 0.0, "clip each gradient to this norm (0 = off)", lower_bound=0.0)
-flags.DEFINE_float("weight_average", 0.0, "momentum of a moving average of the weights, used for validation "
-                   "and the saved models (0 = off, e.g. 0.999)")
-# augmentation
-flags.DEFINE_enum("augment_on", "device", ["device", "host"], "augment inside the training step or in tf.data")
-flags.DEFINE_float("aug_elastic_p", 0.0, "B-spline elastic deformation probability", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_float("aug_elastic_sigma", 15.0, "control-point displacement sigma, voxels", lower_bound=0.0)
-flags.DEFINE_list("aug_elastic_mesh", ["2", "2", "2"], "B-spline mesh cells z,y,x")
-flags.DEFINE_list("aug_elastic_axes", ["1", "1", "1"], "displaced components z,y,x (0 = off)")
-flags.DEFINE_float("aug_affine_p", 0.0, "random rotation/scaling probability", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_list("aug_rotation", ["15", "15", "15"], "max rotation degrees about z,y,x")
-flags.DEFINE_list("aug_scale", ["0.85", "1.15"], "zoom range")
-flags.DEFINE_float("aug_histogram_p", 0.0, "histogram matching to another training volume, probability", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_list("aug_flip_axes", [], "axes to mirror (0=z,1=y,2=x)")
-flags.DEFINE_float("aug_flip_p", 0.5, "mirror probability per axis", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_float("aug_gamma_p", 0.0, "gamma probability", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_float("aug_gamma_inverted_p", 0.0, "gamma on the inverted intensities, probability (nnU-Net: 0.1)",
-                   lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_bool("aug_gamma_retain_stats", False, "both gamma transforms restore each sample's mean and std "
-                  "(nnU-Net does)")
-flags.DEFINE_float("aug_lowres_p", 0.0, "simulated low resolution probability (nnU-Net: 0.25)",
-                   lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_list("aug_lowres_zoom", ["0.5", "1"], "simulated low resolution: grid zoom range, within (0, 1]")
-flags.DEFINE_float("aug_brightness_contrast_p", 0.0, "brightness/contrast probability", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_float("aug_noise_p", 0.0, "Gaussian noise probability", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_float("aug_noise_std", 0.1, "max noise std", lower_bound=0.0)
-flags.DEFINE_float("aug_blur_p", 0.0, "Gaussian blur probability", lower_bound=0.0, upper_bound=1.0)
-# schedule of the run
-flags.DEFINE_integer("steps", 200, "training steps", lower_bound=1)
-flags.DEFINE_float("time_budget_minutes", 0.0, "stop training when this much wall time (over resumes) is "
-                   "spent, the schedule planned to end then; --steps becomes an upper bound (0 = off)",
-                   lower_bound=0.0)
-flags.DEFINE_integer("batch_size", 2, "patches per step (global, split over replicas)", lower_bound=1)
-flags.DEFINE_float("foreground_fraction", 1 / 3, "patches centred on foreground", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_integer("validation_every", 100, "validate every this many steps", lower_bound=1)
-flags.DEFINE_integer("checkpoint_every", 50, "checkpoint every this many steps", lower_bound=1)
-flags.DEFINE_integer("log_every", 10, "TensorBoard's steps/s and patches/s every this many steps", lower_bound=1)
-flags.DEFINE_float("val_overlap", 0.25, "sliding-window overlap at validation", lower_bound=0.0, upper_bound=0.95)
-flags.DEFINE_list("mirror_axes", [], "test-time mirroring axes, stored for evaluate.py")
-flags.DEFINE_enum("postprocess", "none", ["none", "largest", "min_size"], "post-processing, stored for evaluate.py")
-flags.DEFINE_integer("seed", 0, "random seed")
-flags.DEFINE_bool("deterministic", False, "deterministic ops: the same weights on every run and after a resume")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16", "auto"],
-                  "mixed precision; auto = mixed_bfloat16 on a CPU with native bfloat16 (AVX512-BF16 or AMX) "
-                  "and no GPU, else none")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy")
-flags.DEFINE_bool("progress", True, "show a progress bar")
-
+# The modules that define train.py's flags, in the order --helpfull and the flag reference list them.
+FLAG_MODULES = tuple(f"vnet_tf.commands.train_flags.{name}" for name in train_flags.STAGES)
 # Where each flag goes: the field of TrainConfig (dotted through its nested configs) whose
 # default the flag's default must equal (tests/test_settings.py holds them equal, and checks
 # that every field is here or in NOT_FLAGS).

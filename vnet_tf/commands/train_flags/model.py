@@ -1,0 +1,13 @@
+"""Model: the V-Net's layout."""
+
+from absl import flags
+
+flags.DEFINE_enum("variant", "paper", ["paper", "caffe"], "V-Net layout")
+flags.DEFINE_integer("base_width", 8, "channels of the first stage", lower_bound=1)
+flags.DEFINE_integer("depth", 4, "resolution levels", lower_bound=1)
+flags.DEFINE_integer("kernel_size", 3, "odd conv kernel edge", lower_bound=1)
+flags.DEFINE_list("convs_left", [], "convs per left stage (empty = the variant's default)")
+flags.DEFINE_list("convs_right", [], "convs per right stage (empty = the variant's default)")
+flags.DEFINE_enum("activation", "prelu", ["prelu", "relu", "elu"], "activation")
+flags.DEFINE_enum("normalization", "instance", ["none", "batch", "instance", "group"], "layer normalisation")
+flags.DEFINE_float("dropout", 0.0, "channel dropout after every stage", lower_bound=0.0, upper_bound=0.99)

@@ -93,5 +93,6 @@ def test_training_run_checkpoints_the_heads_and_deploys_without_them(tmp_path):
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
     with np.load(tmp_path / "run" / "checkpoint.npz") as data:
         assert any(not np.array_equal(before[k], data[k]) for k in heads)  # the heads kept training
-    model = keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
+    from vnet_tf.inference.workdir import restore_model
+    model, _ = restore_model(tmp_path / "run", "final")  # what evaluation and export use
     assert len(model.outputs) == 1 and not any(l.name.startswith("deep_supervision") for l in model.layers)

@@ -3,8 +3,8 @@
 With no --data_dir it trains on the embedded demo dataset (synthetic, MSD layout, written
 once under --cache_dir). Later flags override the flagfile. Rerunning the same command
 resumes from the workdir's latest checkpoint. Outputs (in --workdir): flags.txt (replayable
-with --flagfile), config.json, checkpoint.npz, best.npz / best.keras, model.keras,
-tensorboard/, summary.json.
+with --flagfile), config.json, checkpoint.npz, best.npz, tensorboard/, summary.json
+(docs/reference/workdir.md).
 """
 
 import vnet_tf  # noqa: F401  (first: turns oneDNN on before TensorFlow loads)

@@ -4,7 +4,7 @@ stages, each scored against the labels at its own resolution, during training on
 :func:`supervised_model` wraps a V-Net from :func:`vnet_tf.model.vnet.build_vnet` into a
 training model that shares all its layers and adds a 1x1x1 conv + softmax head on the
 outputs of right stages ``1 .. levels`` (right stage ``k`` works at ``1 / 2**k`` of the
-input size). The V-Net itself is untouched: it is what validation, ``model.keras``,
+input size). The V-Net itself is untouched: it is what validation, ``best.npz``,
 evaluation and export use, so the heads never reach a deployed model.
 
 The targets of a head are the one-hot labels averaged over ``2**k``-voxel blocks (soft

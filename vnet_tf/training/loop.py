@@ -51,7 +51,6 @@ LOSSES = ("dice", "dice_ce")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16", "auto")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 AUGMENT_ON = ("device", "host")
-RAW_MODEL = "model_raw.keras"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,10 +181,11 @@ def validate_cases(segmenter: Segmenter, cases, num_classes: int):
 def train(config: TrainConfig, log: Callable[[str], None] = print, progress: bool = True,
           on_end: Optional[Callable] = None, replay_flags: Optional[str] = None) -> dict:
     """Trains (or resumes) and writes into ``config.workdir``: ``config.json``,
-    ``checkpoint.npz`` (latest), ``best.npz`` and ``best.keras`` (best validation Dice),
-    ``model.keras`` (final), ``tensorboard/`` and ``summary.json``. With ``weight_average``,
-    validation, ``best.*`` and ``model.keras`` use the weights' moving average
-    (:mod:`vnet_tf.model.averaging`) and ``model_raw.keras`` holds the final training weights. Returns the summary;
+    ``checkpoint.npz`` (the latest training state), ``best.npz`` (the weights of the best
+    validation Dice; without validation, the final weights), ``tensorboard/`` and
+    ``summary.json``; :mod:`vnet_tf.inference.workdir` reads them. With ``weight_average``,
+    validation and ``best.npz`` use the weights' moving average (:mod:`vnet_tf.model.averaging`),
+    and ``checkpoint.npz`` holds both. Returns the summary;
     ``on_end(model, strategy)`` is called with the trained model (tests inspect replicas).
 
     With ``time_budget_minutes``, ``steps`` is an upper bound: the run (and its learning-rate
@@ -404,7 +404,7 @@ class _Run:
             self.logger.validation(self.step, self.last_scores, example)
             if score > self.best:
                 self.best = score
-                _save_best(self.workdir, self.parts.model, self.parts.groups, self.step, self.best)
+                _save_best(self.workdir, self.parts.groups, self.step, self.best)
         seconds = time.perf_counter() - started
         self.clock.add_validation(seconds)
         if self.budget and self.step < self.total:  # if it used up the budget, it was the last one
@@ -419,14 +419,11 @@ class _Run:
 
     def finish(self) -> dict:
         """Saves the final models and writes ``summary.json``; returns the summary."""
-        config, workdir, model, step = self.config, self.workdir, self.parts.model, self.step
+        config, workdir, step = self.config, self.workdir, self.step
         self.logger.close()
-        if self.parts.average is not None:  # the training weights too, to compare against the average
-            _atomic_keras_save(model, workdir / RAW_MODEL)
-        with self._averaged():
-            _atomic_keras_save(model, workdir / "model.keras")
-            if not (workdir / "best.keras").exists():
-                _atomic_keras_save(model, workdir / "best.keras")
+        if not (workdir / BEST).exists():  # no validation (--fold=-1): the final weights are the best
+            with self._averaged():
+                _save_best(workdir, self.parts.groups, step, self.best)
         seconds, ran = self.seconds, step - self.start_step
         summary = {"steps": step, "resumed_from_step": self.start_step, "seconds_this_run": round(seconds, 1),
                    "steps_per_second": round(ran / seconds, 4) if seconds > 0 and ran > 0 else None,
@@ -542,15 +539,8 @@ def _check_same_run(config_file: pathlib.Path, settings: dict) -> None:
                         f"use another workdir, or the same settings to resume")
 
 
-def _save_best(workdir, model, groups, step, best):
+def _save_best(workdir, groups, step, best):
     save_checkpoint(workdir / BEST, {"model": groups["model"]}, {"step": step, "best_score": best})
-    _atomic_keras_save(model, workdir / "best.keras")
-
-
-def _atomic_keras_save(model, path: pathlib.Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    tmp.replace(path)
 
 
 def _peak_rss_mb() -> float:

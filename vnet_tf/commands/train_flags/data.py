@@ -16,5 +16,5 @@ flags.DEFINE_list("clip_percentiles", [], "clip intensities to these percentiles
 flags.DEFINE_list("patch_size", ["32", "32", "32"], "training patch, z,y,x voxels")
 flags.DEFINE_integer("num_folds", 5, "cross-validation folds (case-id hash)", lower_bound=2)
 flags.DEFINE_integer("fold", 0, "the validation fold; -1 = train on every case, no validation "
-                     "(the final model; the last weights are also best.keras)", lower_bound=-1)
+                     "(the final model; its last weights are also best.npz)", lower_bound=-1)
 flags.DEFINE_integer("max_validation_cases", 0, "validate on at most this many cases (0 = all)", lower_bound=0)

@@ -1,5 +1,8 @@
-"""Reading a training workdir for evaluation and export: its settings (``config.json``) and
-its weights (``best.npz`` / ``checkpoint.npz``), with errors that name the file.
+"""A training workdir, its one reader and writer: training writes it through :func:`write_json`,
+:func:`write_text`, :func:`save_state` and :func:`save_best`, and resumes with
+:func:`restore_state`; evaluation and export read its settings (``config.json``) and weights
+(``best.npz`` / ``checkpoint.npz``, the one format the weights are stored in) through
+:func:`read_run` and :func:`restore_model`, with errors that name the file.
 
 ``which``: ``best`` (best validation Dice), ``final`` (the latest checkpoint; the weights'
 moving average where the run kept one) or ``final_raw`` (a run with a weight average: its
@@ -14,14 +17,47 @@ from typing import Tuple
 
 from vnet_tf.core.errors import UserError
 from vnet_tf.model import averaging
-from vnet_tf.model.checkpoint import restore_checkpoint
+from vnet_tf.core.folders import atomic_write_text
+from vnet_tf.model.checkpoint import read_meta, restore_checkpoint, save_checkpoint
 from vnet_tf.inference.segmenter import InferenceConfig
 from vnet_tf.core.io import PathLike
 from vnet_tf.model.vnet import VNetConfig, build_vnet
 from vnet_tf.data.preprocess import PreprocessConfig
 
 CONFIG, CHECKPOINT, BEST = "config.json", "checkpoint.npz", "best.npz"
+FLAGS_FILE, SUMMARY = "flags.txt", "summary.json"
 WHICH = ("best", "final", "final_raw")
+
+
+def write_text(workdir: PathLike, name: str, text: str) -> None:
+    """Writes ``name`` (e.g. :data:`FLAGS_FILE`) atomically."""
+    atomic_write_text(pathlib.Path(workdir) / name, text)
+
+
+def write_json(workdir: PathLike, name: str, data: dict) -> None:
+    """Writes ``name`` (:data:`CONFIG`, :data:`SUMMARY`) as indented JSON, atomically."""
+    write_text(workdir, name, json.dumps(data, indent=2))
+
+
+def save_state(workdir: PathLike, groups: dict, meta: dict) -> None:
+    """The latest training state, ``checkpoint.npz``: every variable group and ``meta``."""
+    save_checkpoint(pathlib.Path(workdir) / CHECKPOINT, groups, meta)
+
+
+def state_meta(workdir: PathLike):
+    """The latest checkpoint's record (step, best score, timings), or ``None`` without one."""
+    return read_meta(pathlib.Path(workdir) / CHECKPOINT)
+
+
+def restore_state(workdir: PathLike, groups: dict):
+    """``(meta, count)``: the latest checkpoint restored into ``groups``, or ``None`` without one."""
+    path = pathlib.Path(workdir) / CHECKPOINT
+    return restore_checkpoint(path, groups) if path.is_file() else None
+
+
+def save_best(workdir: PathLike, model_variables, step: int, score: float) -> None:
+    """``best.npz``: the model's weights (as they are now: the average where one is applied)."""
+    save_checkpoint(pathlib.Path(workdir) / BEST, {"model": model_variables}, {"step": step, "best_score": score})
 
 
 def read_run(workdir: PathLike) -> dict:

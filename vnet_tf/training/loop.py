@@ -33,9 +33,8 @@ from vnet_tf.training.budget import BudgetClock
 from vnet_tf.data.cache import load_cached_case, preprocess_dataset
 from vnet_tf.data.cases import check_fold, find_cases, split_cases
 from vnet_tf.data.check import check_dataset
-from vnet_tf.model.checkpoint import read_meta, restore_checkpoint, save_checkpoint
 from vnet_tf.model import deep_supervision as ds_lib
-from vnet_tf.core.folders import CHECKPOINT_TEMPORARIES, atomic_write_text, remove_stale, writable_folder
+from vnet_tf.core.folders import CHECKPOINT_TEMPORARIES, remove_stale, writable_folder
 from vnet_tf.inference.segmenter import InferenceConfig, Segmenter
 from vnet_tf.core.labels import MAX_CLASSES
 from vnet_tf.model.losses import DiceCELoss, DiceLoss, dice_per_class
@@ -45,7 +44,7 @@ from vnet_tf.training.pipeline import CaseStore, PipelineConfig, training_datase
 from vnet_tf.data.preprocess import PreprocessConfig
 from vnet_tf.core.runtime import resolve_mixed_precision
 from vnet_tf.training.logs import TrainingLogger
-from vnet_tf.inference.workdir import BEST, CHECKPOINT
+from vnet_tf.inference import workdir as run_files
 
 LOSSES = ("dice", "dice_ce")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16", "auto")
@@ -205,7 +204,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     config.validate()
     clock_start = time.perf_counter()
     workdir = _open_workdir(config, log)
-    finished = _finished_summary(workdir, config, read_meta(workdir / CHECKPOINT))
+    finished = _finished_summary(workdir, config, run_files.state_meta(workdir))
     if finished is not None:  # the caller says so (and which setting continues it)
         return finished
     keras.utils.set_random_seed(config.seed)
@@ -214,14 +213,14 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
 
     train_paths, val_paths, num_classes = prepare_data(config, log)
     if replay_flags is not None:
-        atomic_write_text(workdir / "flags.txt", replay_flags)
+        run_files.write_text(workdir, run_files.FLAGS_FILE, replay_flags)
     if num_classes < 2:
         raise UserError(f"{config.data_dir}: every label is empty (background only); expected at least one "
                         f"foreground class")
     parts = _build(config, train_paths, val_paths, num_classes, log)
     run = _Run(config, workdir, log, parts)
     run.restore(clock_start, bool(val_paths))
-    atomic_write_text(workdir / "config.json", json.dumps(parts.resolved, indent=2))
+    run_files.write_json(workdir, run_files.CONFIG, parts.resolved)
     run.start(train_paths, val_paths, progress)
     run.loop()
     summary = run.finish()
@@ -237,7 +236,7 @@ def _open_workdir(config: TrainConfig, log: Callable[[str], None]) -> pathlib.Pa
     writable_folder(config.cache_dir, "cache_dir")
     for stale in remove_stale(workdir, CHECKPOINT_TEMPORARIES):
         log(f"removed {stale.name}, a temporary file left by a stopped run")
-    _check_same_run(workdir / "config.json", config.to_dict())
+    _check_same_run(workdir / run_files.CONFIG, config.to_dict())
     return workdir
 
 
@@ -303,7 +302,6 @@ class _Run:
 
     def __init__(self, config: TrainConfig, workdir: pathlib.Path, log: Callable[[str], None], parts: _Parts):
         self.config, self.workdir, self.log, self.parts = config, workdir, log, parts
-        self.latest = workdir / CHECKPOINT
         self.budget = config.time_budget_minutes * 60.0
         self.start_step, self.step, self.total, self.best, self.meta = 0, 0, config.steps, -1.0, {}
         self.last_scores, self.history = None, []
@@ -315,11 +313,13 @@ class _Run:
         """Continues from the latest checkpoint, if any, and plans the run's length (for the
         time budget given now, which may differ from the last part's)."""
         config, elapsed_before = self.config, 0.0
-        if self.latest.is_file():
-            self.meta, count = restore_checkpoint(self.latest, self.parts.groups)
+        restored = run_files.restore_state(self.workdir, self.parts.groups)
+        if restored is not None:
+            self.meta, count = restored
             self.start_step, self.best = int(self.meta["step"]), float(self.meta["best_score"])
             elapsed_before = float(self.meta.get("elapsed_seconds", 0.0))
-            self.log(f"resumed from {self.latest} at step {self.start_step} ({count} variables restored)")
+            self.log(f"resumed from {self.workdir / run_files.CHECKPOINT} at step {self.start_step} "
+                     f"({count} variables restored)")
         self.step = self.start_step
         self.clock = BudgetClock(self.budget, elapsed_before, clock_start)
         if self.budget and self.start_step:
@@ -404,7 +404,7 @@ class _Run:
             self.logger.validation(self.step, self.last_scores, example)
             if score > self.best:
                 self.best = score
-                _save_best(self.workdir, self.parts.groups, self.step, self.best)
+                run_files.save_best(self.workdir, self.parts.groups["model"], self.step, self.best)
         seconds = time.perf_counter() - started
         self.clock.add_validation(seconds)
         if self.budget and self.step < self.total:  # if it used up the budget, it was the last one
@@ -412,7 +412,7 @@ class _Run:
         return seconds
 
     def _checkpoint(self, loss: float) -> None:
-        save_checkpoint(self.latest, self.parts.groups,
+        run_files.save_state(self.workdir, self.parts.groups,
                         {"step": self.step, "best_score": self.best, "planned_steps": self.total,
                          "elapsed_seconds": self.clock.elapsed(time.perf_counter()), **self.clock.rates(),
                          "final_loss": loss, "validation_dice_per_class": _floats(self.last_scores)})
@@ -421,9 +421,9 @@ class _Run:
         """Saves the final models and writes ``summary.json``; returns the summary."""
         config, workdir, step = self.config, self.workdir, self.step
         self.logger.close()
-        if not (workdir / BEST).exists():  # no validation (--fold=-1): the final weights are the best
+        if not (workdir / run_files.BEST).exists():  # no validation (--fold=-1): the final weights are the best
             with self._averaged():
-                _save_best(workdir, self.parts.groups, step, self.best)
+                run_files.save_best(workdir, self.parts.groups["model"], step, self.best)
         seconds, ran = self.seconds, step - self.start_step
         summary = {"steps": step, "resumed_from_step": self.start_step, "seconds_this_run": round(seconds, 1),
                    "steps_per_second": round(ran / seconds, 4) if seconds > 0 and ran > 0 else None,
@@ -442,7 +442,7 @@ class _Run:
                    "stopped_by_budget": bool(self.budget) and step < config.steps,
                    "speed": self.clock.speed(),
                    "peak_memory_mb": round(_peak_rss_mb(), 1), "workdir": str(workdir.resolve())}
-        atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
+        run_files.write_json(workdir, run_files.SUMMARY, summary)
         return summary
 
 
@@ -500,7 +500,7 @@ def _finished_summary(workdir: pathlib.Path, config: TrainConfig, meta: Optional
     if not meta:
         return None
     try:
-        summary = json.loads((workdir / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((workdir / run_files.SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # killed after its last checkpoint: the run writes its final models and summary
     if not isinstance(summary, dict) or summary.get("steps") != meta["step"]:
@@ -516,7 +516,7 @@ def _finished_summary(workdir: pathlib.Path, config: TrainConfig, meta: Optional
 def _check_same_run(config_file: pathlib.Path, settings: dict) -> None:
     """A workdir holds one run: resuming with other settings (apart from ``steps``,
     ``time_budget_minutes`` and the workdir and cache folders, which may move) is an error."""
-    if not config_file.is_file() or not (config_file.parent / CHECKPOINT).is_file():
+    if not config_file.is_file() or not (config_file.parent / run_files.CHECKPOINT).is_file():
         return
     try:
         previous = json.loads(config_file.read_text(encoding="utf-8"))
@@ -537,10 +537,6 @@ def _check_same_run(config_file: pathlib.Path, settings: dict) -> None:
     if changed:
         raise UserError(f"{config_file.parent} holds a run with other settings ({', '.join(changed)} differ); "
                         f"use another workdir, or the same settings to resume")
-
-
-def _save_best(workdir, groups, step, best):
-    save_checkpoint(workdir / BEST, {"model": groups["model"]}, {"step": step, "best_score": best})
 
 
 def _peak_rss_mb() -> float:

@@ -78,22 +78,6 @@ def _selected_cases():
     return dataset, cases
 
 
-def _inference_overrides() -> dict:
-    overrides = {}
-    if FLAGS.overlap is not None:
-        overrides["overlap"] = FLAGS.overlap
-    if FLAGS.mirror_axes is not None:
-        try:
-            overrides["mirror_axes"] = cli.parse_mirror_axes(FLAGS.mirror_axes)
-        except ValueError as err:
-            raise app.UsageError(f"--{err}") from err
-    if FLAGS.postprocess is not None:
-        overrides["postprocess"] = FLAGS.postprocess
-    if FLAGS.window_batch is not None:
-        overrides["batch_size"] = FLAGS.window_batch
-    return overrides
-
-
 def _model_inputs(cases, settings: dict):
     """``(labels, evaluate_cases keyword arguments)`` for --model; adds the model's settings
     and how many of the cases it trained on to ``settings`` (and warns if any)."""
@@ -101,7 +85,8 @@ def _model_inputs(cases, settings: dict):
     from vnet_tf.evaluation.report import trained_on  # pylint: disable=import-outside-toplevel
     from vnet_tf.inference.loading import load_segment  # pylint: disable=import-outside-toplevel
     try:
-        loaded = load_segment(FLAGS.model, FLAGS.which, _inference_overrides())
+        loaded = load_segment(FLAGS.model, FLAGS.which, cli.inference_overrides(
+            FLAGS.overlap, FLAGS.mirror_axes, FLAGS.postprocess, FLAGS.window_batch))
     except (FileNotFoundError, ValueError) as err:
         raise app.UsageError(f"--model {err}") from err
     labels = list(range(1, loaded.runs[0]["num_classes"]))

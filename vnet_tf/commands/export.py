@@ -41,14 +41,7 @@ def main(argv):
     for workdir in FLAGS.workdir:
         if not pathlib.Path(workdir).is_dir():
             raise app.UsageError(f"--workdir {workdir}: no such folder")
-    overrides = {}
-    if FLAGS.mirror_axes is not None:
-        try:
-            overrides["mirror_axes"] = cli.parse_mirror_axes(FLAGS.mirror_axes)
-        except ValueError as err:
-            raise app.UsageError(f"--{err}") from err
-    if FLAGS.overlap is not None:
-        overrides["overlap"] = FLAGS.overlap
+    overrides = cli.inference_overrides(FLAGS.overlap, FLAGS.mirror_axes)
     from vnet_tf.serving.exporter import export_run  # pylint: disable=import-outside-toplevel
     try:
         target = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.which, overrides,

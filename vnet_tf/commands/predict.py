@@ -37,20 +37,6 @@ flags.DEFINE_list("mirror_axes", None, "test-time mirroring axes 0=z,1=y,2=x (de
 flags.DEFINE_enum("postprocess", None, ["none", "largest", "min_size"], "post-processing (default: the run's)")
 
 
-def _overrides() -> dict:
-    overrides = {}
-    if FLAGS.overlap is not None:
-        overrides["overlap"] = FLAGS.overlap
-    if FLAGS.mirror_axes is not None:
-        try:
-            overrides["mirror_axes"] = cli.parse_mirror_axes(FLAGS.mirror_axes)
-        except ValueError as err:
-            raise app.UsageError(f"--{err}") from err
-    if FLAGS.postprocess is not None:
-        overrides["postprocess"] = FLAGS.postprocess
-    return overrides
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -65,7 +51,8 @@ def main(argv):
         if not pathlib.Path(source).is_dir():
             raise app.UsageError(f"--model {source}: no such folder")
     from vnet_tf.inference.loading import load_segment  # pylint: disable=import-outside-toplevel
-    loaded = load_segment(FLAGS.model, FLAGS.which, _overrides())
+    loaded = load_segment(FLAGS.model, FLAGS.which,
+                          cli.inference_overrides(FLAGS.overlap, FLAGS.mirror_axes, FLAGS.postprocess))
     scans = prediction.find_scans(FLAGS.input, loaded.runs[0]["input_channels"])
     print(f"{len(scans)} scan(s) to segment into {pathlib.Path(FLAGS.output_dir).resolve()}")
     report = prediction.predict_scans(scans, loaded.segment, FLAGS.output_dir,

@@ -70,3 +70,21 @@ def parse_mirror_axes(values: Sequence[str]) -> Tuple[int, ...]:
     if any(a not in (0, 1, 2) for a in axes):
         raise ValueError(f"mirror_axes: expected integers 0-2 or 'none', got {','.join(values)}")
     return axes
+
+
+def inference_overrides(overlap=None, mirror_axes=None, postprocess=None, window_batch=None) -> dict:
+    """The run's inference settings that a command's flags override (``None``: keep the run's);
+    a bad ``--mirror_axes`` is an ``app.UsageError`` naming it."""
+    overrides = {}
+    if overlap is not None:
+        overrides["overlap"] = overlap
+    if mirror_axes is not None:
+        try:
+            overrides["mirror_axes"] = parse_mirror_axes(mirror_axes)
+        except ValueError as err:
+            raise app.UsageError(f"--{err}") from err
+    if postprocess is not None:
+        overrides["postprocess"] = postprocess
+    if window_batch is not None:
+        overrides["batch_size"] = window_batch
+    return overrides

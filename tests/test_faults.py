@@ -354,6 +354,7 @@ def evaluate_rows(train_rows, world):
         "ensemble of other patch sizes": [f"--model={good},{other}", f"--data_dir={demo}", f"--output_dir={out / 'x'}"],
         "fold -2": [model, f"--data_dir={demo}", f"--output_dir={out / 'x'}", "--fold=-2", "--num_folds=3"],
         "fold 3 of 3": [model, f"--data_dir={demo}", f"--output_dir={out / 'x'}", "--fold=3", "--num_folds=3"],
+        "bad mirror_axes": [model, f"--data_dir={demo}", f"--output_dir={out / 'x'}", "--mirror_axes=z"],
         "truncated best.npz": [f"--model={runs / 'eval_trunc_best'}", f"--data_dir={demo}", f"--output_dir={out / 'x'}"],
         "random bytes in best.npz": [f"--model={runs / 'eval_rand_best'}", f"--data_dir={demo}", f"--output_dir={out / 'x'}"],
         "truncated config.json": [f"--model={runs / 'eval_trunc_cfg'}", f"--data_dir={demo}", f"--output_dir={out / 'x'}"],
@@ -379,6 +380,7 @@ def evaluate_rows(train_rows, world):
     ("ensemble of other patch sizes", 2, ["eval_other_patch cannot be ensembled with", "its patch size differs"]),
     ("fold -2", 2, ["--fold / --num_folds: fold must be -1", "got fold=-2, num_folds=3"]),
     ("fold 3 of 3", 2, ["--fold / --num_folds: fold must be -1", "got fold=3, num_folds=3"]),
+    ("bad mirror_axes", 2, ["--mirror_axes: expected integers 0-2 or 'none', got z"]),
     ("truncated best.npz", 2, ["best.npz: expected a vnet_tf checkpoint, found a truncated or corrupt file"]),
     ("random bytes in best.npz", 2, ["best.npz: expected a vnet_tf checkpoint"]),
     ("truncated config.json", 2, ["config.json: expected a training run's settings"]),
@@ -447,6 +449,7 @@ def export_rows(train_rows, world):
         "random bytes in best.npz": [f"--workdir={runs / 'export_rand_best'}", f"--export_base={base / 'x'}"],
         "truncated config.json": [f"--workdir={runs / 'export_trunc_cfg'}", f"--export_base={base / 'x'}"],
         "version exists": [f"--workdir={good}", f"--export_base={base / 'ok'}", "--version=1"],
+        "bad mirror_axes": [f"--workdir={good}", f"--export_base={base / 'x'}", "--mirror_axes=0,5"],
         "good": [f"--workdir={good}", f"--export_base={base / 'ok'}"],
     }
     with _unwritable(base / "locked"):
@@ -462,6 +465,7 @@ def export_rows(train_rows, world):
     ("random bytes in best.npz", ["best.npz: expected a vnet_tf checkpoint"]),
     ("truncated config.json", ["config.json: expected a training run's settings"]),
     ("version exists", ["1 exists; pick another version"]),
+    ("bad mirror_axes", ["--mirror_axes: expected integers 0-2 or 'none', got 0,5"]),
 ])
 def test_export_errors_name_what_to_fix(export_rows, world, name, words):
     if "not writable" in name and not world["locked"]:

@@ -112,3 +112,13 @@ def test_the_command_reports_the_failed_scan_and_exits_non_zero(tiny_run, scans,
     assert "broken: " in out.stderr and "Traceback" not in out.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "int16.nii.gz", "int16_dicom.nii.gz", "scan.nii.gz", "scan_mha.nii.gz"]
+
+
+def test_the_output_format_is_a_volume_format_or_the_scans_own():
+    from vnet_tf.inference.prediction import check_suffix, output_path
+    assert check_suffix(".mha") == ".mha" and check_suffix("") == ""
+    with pytest.raises(UserError, match="output format '.png': expected one of .nii.gz"):
+        check_suffix(".png")
+    dicom = Scan("series", (REPO / "some_dicom_folder",))
+    assert output_path("out", dicom, "").name == "series.nii.gz"  # DICOM in, NIfTI out
+    assert output_path("out", Scan("a", (REPO / "a.mha",)), "").name == "a.mha"

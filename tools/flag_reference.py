@@ -35,8 +35,9 @@ def _absl_dump(command: str) -> list:
     field_of = getattr(module, "FIELD_OF", {})
     rows = []
     for owner in (*getattr(module, "FLAG_MODULES", (module_name,)), *SHARED_MODULES):
-        doc = (importlib.import_module(owner).__doc__ or "").strip().splitlines()
-        section = "errors" if owner in SHARED_MODULES else (doc[0].split(":")[0].rstrip(".") if owner != module_name else "")
+        # A stage module's section is its docstring's title ("Data: ..." -> "Data").
+        title = (importlib.import_module(owner).__doc__ or "").strip().split("\n")[0].split(":")[0].rstrip(".")
+        section = "errors" if owner in SHARED_MODULES else ("" if owner == module_name else title)
         for flag in flags.FLAGS.get_flags_for_module(owner):
             rows.append({"name": flag.name, "type": flag.flag_type(),
                          "default": (flag.default_as_str or "").strip("'"), "help": flag.help,

@@ -20,7 +20,8 @@ from vnet_tf.core.io import VOLUME_SUFFIXES, PathLike
 
 PROCESS_STARTED = time.time()
 
-# The temporaries each writer uses (glob patterns), by the folder they are written into.
+# The temporaries each writer uses (glob patterns), by the folder they are written into
+# (".*.tmp.keras": the .keras files that runs of earlier versions wrote beside their checkpoints).
 CHECKPOINT_TEMPORARIES = (".*.npz.*.tmp", ".*.tmp.keras", ".*.json.*.tmp", ".*.txt.*.tmp")
 CACHE_TEMPORARIES = (".*.npz.*.tmp", ".*.json.*.tmp")
 EXPORT_TEMPORARIES = (".tmp-*",)

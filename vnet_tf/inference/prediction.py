@@ -17,7 +17,7 @@ import numpy as np
 
 from vnet_tf.core.errors import UserError, describe
 from vnet_tf.core.folders import VOLUME_TEMPORARIES, remove_stale, writable_folder
-from vnet_tf.core.io import PathLike, case_stem, read_image, volume_suffix, write_volume
+from vnet_tf.core.io import VOLUME_SUFFIXES, PathLike, case_stem, read_image, volume_suffix, write_volume
 from vnet_tf.inference.segmentation import SegmentFunction, predict_case
 
 # nnU-Net's channel naming: <case>_0000.nii.gz, <case>_0001.nii.gz, ... for a multi-channel scan.
@@ -90,7 +90,7 @@ def predict_scans(scans: Sequence[Scan], segment: SegmentFunction, output_dir: P
     written, skipped (already there) and failed; a failure is logged and the rest go on."""
     output_dir = writable_folder(output_dir, "output folder")
     remove_stale(output_dir, VOLUME_TEMPORARIES)
-    report, started, done = PredictionReport(), time.perf_counter(), 0
+    report, started = PredictionReport(), time.perf_counter()
     for index, scan in enumerate(scans, start=1):
         target = output_path(output_dir, scan, suffix)
         if target.exists() and not overwrite:
@@ -107,12 +107,12 @@ def predict_scans(scans: Sequence[Scan], segment: SegmentFunction, output_dir: P
             reason = describe(err)
             if reason is None:
                 raise
-            report.failed.append(f"{scan.name}: {reason.splitlines()[0]}")
-            log(f"[{index}/{len(scans)}] {scan.name}: FAILED: {reason.splitlines()[0]}")
+            reason = reason.splitlines()[0]
+            report.failed.append(f"{scan.name}: {reason}")
+            log(f"[{index}/{len(scans)}] {scan.name}: FAILED: {reason}")
             continue
-        done += 1
         report.written.append(scan.name)
-        per_scan = (time.perf_counter() - started) / done
+        per_scan = (time.perf_counter() - started) / len(report.written)
         log(f"[{index}/{len(scans)}] {scan.name} -> {target.name} ({per_scan:.1f} s per scan, "
             f"about {per_scan * (len(scans) - index):.0f} s left)")
     return report
@@ -120,7 +120,7 @@ def predict_scans(scans: Sequence[Scan], segment: SegmentFunction, output_dir: P
 
 def check_suffix(suffix: Optional[str]) -> str:
     """The output suffix, checked: one of the volume formats, or ``""`` (the scan's own)."""
-    if suffix and not volume_suffix(f"x{suffix}") == suffix:
-        raise UserError(f"output format {suffix!r}: expected one of .nii.gz, .nii, .mha, .mhd, .nrrd, or "
-                        f"'same' for each scan's own format")
+    if suffix and suffix not in VOLUME_SUFFIXES:
+        raise UserError(f"output format {suffix!r}: expected one of {', '.join(VOLUME_SUFFIXES)}, or 'same' "
+                        f"for each scan's own format")
     return suffix or ""

@@ -112,6 +112,19 @@ def _fixed_length(values, n: int, fill: float):
     return tf.pad(values, [[0, tf.maximum(n - tf.size(values), 0)]], constant_values=fill)[:n]
 
 
+def _put(total, start, value):
+    """``total`` with ``value`` written at ``start`` (over the first 3 axes; the others whole)."""
+    begin = tf.concat([start, tf.zeros([len(total.shape) - 3], tf.int32)], 0)
+    return tf.raw_ops.TensorStridedSliceUpdate(input=total, begin=begin, end=begin + tf.shape(value),
+                                               strides=tf.ones_like(begin), value=value)
+
+
+def _add(total, start, value):
+    """``total`` with ``value`` added at ``start`` (over the first 3 axes; the others whole)."""
+    begin = tf.concat([start, tf.zeros([len(total.shape) - 3], tf.int32)], 0)
+    return _put(total, start, tf.slice(total, begin, tf.shape(value)) + value)
+
+
 class Untracked:
     """A plain holder: tf.Module does not look inside it (the model's variables are tracked
     once, as a list, by the module)."""
@@ -185,53 +198,70 @@ class Segmenter(tf.Module):
 
     def _sliding_window(self, volume):
         """``(D, H, W, C)`` preprocessed volume -> ``(D, H, W, K)`` probabilities."""
-        accum, norm = self._blend(volume)
-        return accum / norm[..., None]
+        return self._blend(volume, with_probabilities=True)[1]
 
-    def _blend(self, volume):
-        """``(accum, norm)`` of a ``(D, H, W, C)`` preprocessed volume: centred zero padding
-        to the patch, windows ``batch_size`` at a time, each window's probabilities weighted
-        by the importance map and summed in place (``accum``, ``(D, H, W, K)``), and the
-        summed weights (``norm``, ``(D, H, W)``, positive). The probabilities are
-        ``accum / norm``; the labels ``argmax(accum)``."""
-        patch = tf.constant(self.patch, tf.int32)
+    def _blend(self, volume, with_probabilities: bool):
+        """``(labels, probabilities)`` of a ``(D, H, W, C)`` preprocessed volume: int32
+        ``(D, H, W)`` and float32 ``(D, H, W, K)`` (``None`` unless asked).
+
+        The volume is zero-padded (centred) to at least the patch. Windows go in planes (one
+        z start each), ``batch_size`` at a time; each window's probabilities, weighted by the
+        importance map, are summed into a slab one patch deep (``accum``, ``(pz, H, W, K)``),
+        and the weights into ``norm``. No later window reaches the slab's rows above the next
+        plane's start, so after each plane those rows are final: their labels
+        (``argmax(accum)``, as ``norm > 0``) and probabilities (``accum / norm``) are written
+        out and the slab moves down. Memory: a slab of class sums, not the whole volume's."""
+        patch, channels, k_classes = self.patch, self.channels, self.num_classes
+        overlap, bs = self.inference.overlap, self.inference.batch_size
         size = tf.shape(volume)[:3]
         padded = tf.maximum(size, patch)
         before = (padded - size) // 2
         volume = volume_ops.place_window(volume, -before, padded)
-        axes = [window_starts(padded[i], self.patch[i], self.inference.overlap) for i in range(3)]
-        starts = tf.reshape(tf.stack(tf.meshgrid(*axes, indexing="ij"), axis=-1), (-1, 3))
-        n = tf.shape(starts)[0]
-        bs = self.inference.batch_size
-        chunks = (n + bs - 1) // bs
-        k_classes = self.num_classes
-        window_spec = tf.TensorSpec([*self.patch, self.channels], tf.float32)
+        z_starts = window_starts(padded[0], patch[0], overlap)
+        z_ends = tf.concat([z_starts[1:], padded[:1]], 0)  # rows [z_starts[i], z_ends[i]) final after plane i
+        yx = tf.meshgrid(*[window_starts(padded[a], patch[a], overlap) for a in (1, 2)], indexing="ij")
+        yx = tf.reshape(tf.stack(yx, axis=-1), (-1, 2))
+        n = tf.shape(yx)[0]
+        window_spec = tf.TensorSpec([*patch, channels], tf.float32)
 
-        def add(total, start, value, channels):
-            begin = tf.concat([start, [0] * channels], 0)
-            end = tf.concat([start + patch, tf.shape(total)[3:]], 0)
-            current = tf.slice(total, begin, tf.shape(value))
-            return tf.raw_ops.TensorStridedSliceUpdate(input=total, begin=begin, end=end,
-                                                       strides=tf.ones_like(begin), value=current + value)
+        def plane(i, accum, norm, labels, probabilities):
+            z = z_starts[i]
 
-        def body(k, accum, norm):
-            chunk = starts[k * bs:tf.minimum((k + 1) * bs, n)]  # the last chunk may hold fewer
-            patches = tf.map_fn(lambda s: tf.slice(volume, tf.concat([s, [0]], 0), [*self.patch, self.channels]),
-                                chunk, fn_output_signature=window_spec)
-            probabilities = self._mirrored(patches)
+            def batch(k, accum, norm):
+                chunk = yx[k * bs:tf.minimum((k + 1) * bs, n)]  # the last batch may hold fewer
+                patches = tf.map_fn(lambda s: tf.slice(volume, tf.concat([[z], s, [0]], 0), [*patch, channels]),
+                                    chunk, fn_output_signature=window_spec)
+                windows = self._mirrored(patches) * self.window_weights[..., None]
 
-            def add_window(j, accum, norm):
-                accum = add(accum, chunk[j], probabilities[j] * self.window_weights[..., None], 1)
-                return j + 1, accum, add(norm, chunk[j], self.window_weights, 0)
+                def add_window(j, accum, norm):
+                    start = tf.concat([[0], chunk[j]], 0)
+                    return j + 1, _add(accum, start, windows[j]), _add(norm, start, self.window_weights)
 
-            _, accum, norm = tf.while_loop(lambda j, a, b: j < tf.shape(chunk)[0], add_window, (0, accum, norm))
-            return k + 1, accum, norm
+                _, accum, norm = tf.while_loop(lambda j, a, b: j < tf.shape(chunk)[0], add_window, (0, accum, norm))
+                return k + 1, accum, norm
 
-        accum = tf.fill(tf.concat([padded, [k_classes]], 0), 0.0)
-        norm = tf.fill(padded, 0.0)
-        _, accum, norm = tf.while_loop(lambda k, a, b: k < chunks, body, (0, accum, norm))
-        return (tf.slice(accum, tf.concat([before, [0]], 0), tf.concat([size, [k_classes]], 0)),
-                tf.slice(norm, before, size))
+            _, accum, norm = tf.while_loop(lambda k, a, b: k * bs < n, batch, (0, accum, norm))
+            rows = z_ends[i] - z
+            final = tf.slice(accum, tf.concat([[0], before[1:], [0]], 0), tf.concat([[rows], size[1:], [-1]], 0))
+            labels = _put(labels, tf.stack([z, 0, 0]), tf.argmax(final, axis=-1, output_type=tf.int32))
+            if with_probabilities:
+                weight = tf.slice(norm, tf.concat([[0], before[1:]], 0), tf.concat([[rows], size[1:]], 0))
+                probabilities = _put(probabilities, tf.stack([z, 0, 0]), final / weight[..., None])
+            accum = tf.concat([accum[rows:], tf.zeros_like(accum[:rows])], 0)
+            norm = tf.concat([norm[rows:], tf.zeros_like(norm[:rows])], 0)
+            return i + 1, accum, norm, labels, probabilities
+
+        rows_out = tf.concat([padded[:1], size[1:]], 0)
+        state = (0, tf.zeros(tf.concat([[patch[0]], padded[1:], [k_classes]], 0)),
+                 tf.zeros(tf.concat([[patch[0]], padded[1:]], 0)), tf.zeros(rows_out, tf.int32),
+                 tf.zeros(tf.concat([rows_out, [k_classes]], 0) if with_probabilities else [0, 0, 0, 0]))
+        invariants = (tf.TensorShape([]), *[tf.TensorShape([None] * len(s.shape)) for s in state[1:]])
+        _, _, _, labels, probabilities = tf.while_loop(lambda i, *_: i < tf.size(z_starts), plane, state,
+                                                       shape_invariants=invariants)
+        labels = tf.slice(labels, tf.stack([before[0], 0, 0]), tf.concat([size[:1], [-1, -1]], 0))
+        if not with_probabilities:
+            return labels, None
+        return labels, tf.slice(probabilities, tf.stack([before[0], 0, 0, 0]), tf.concat([size[:1], [-1, -1, -1]], 0))
 
     # -- whole volumes ---------------------------------------------------------------------
     def _checks(self, volume, spacing, direction):
@@ -304,9 +334,7 @@ class Segmenter(tf.Module):
 
     def _segment(self, volume, spacing, direction, with_probabilities: bool):
         image, grid, size, perm, flips, spacing_o, start = self._preprocess(volume, spacing, direction)
-        accum, norm = self._blend(image)
-        labels = tf.cast(tf.argmax(accum, axis=-1), tf.int32)  # = argmax(accum / norm): norm > 0
-        probabilities = accum / norm[..., None] if with_probabilities else None
+        labels, probabilities = self._blend(image, with_probabilities)
         if start is not None:  # outside the crop is background
             labels = volume_ops.place_window(labels, -start, grid)
             if with_probabilities:

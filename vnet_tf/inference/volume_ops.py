@@ -70,24 +70,36 @@ def resample(volume, from_spacing, to_spacing, new_size, nearest: bool = False):
     voxel ``i`` samples input index ``i * to / from`` per axis, trilinearly (separably, one axis
     at a time) or at the nearest voxel; positions past the last voxel's outer half are outside the
     scan and get 0 (past ``size - 0.5``; at exactly ``size - 0.5`` SimpleITK's rounding decides, here
-    inside), and those within half a voxel of the last voxel take its value."""
+    inside), and those within half a voxel of the last voxel take its value. An axis whose
+    spacing and size do not change is passed through (the same values, no pass over them)."""
     for axis in range(3):
-        length = tf.shape(volume)[axis]
-        position = (tf.cast(tf.range(new_size[axis]), tf.float64) * tf.cast(to_spacing[axis], tf.float64)
-                    / tf.cast(from_spacing[axis], tf.float64))
-        inside = position <= tf.cast(length, tf.float64) - 0.5
-        position = tf.minimum(position, tf.cast(length - 1, tf.float64))
-        shape = tf.tensor_scatter_nd_update(tf.ones([tf.rank(volume)], tf.int32), [[axis]], [-1])
-        keep = tf.reshape(tf.cast(inside, volume.dtype), shape)
-        if nearest:
-            index = tf.minimum(tf.cast(tf.floor(position + 0.5), tf.int32), length - 1)
-            volume = tf.gather(volume, index, axis=axis) * keep
-            continue
-        low = tf.cast(tf.floor(position), tf.int32)
-        high = tf.minimum(low + 1, length - 1)
-        frac = tf.reshape(tf.cast(position - tf.floor(position), volume.dtype), shape)
-        volume = (tf.gather(volume, low, axis=axis) * (1.0 - frac) + tf.gather(volume, high, axis=axis) * frac) * keep
+        same = tf.equal(tf.cast(to_spacing[axis], tf.float64), tf.cast(from_spacing[axis], tf.float64)) & tf.equal(
+            tf.shape(volume)[axis], new_size[axis])
+        volume = tf.cond(same, lambda v=volume: v,
+                         lambda v=volume, a=axis: _resample_axis(v, a, from_spacing[a], to_spacing[a], new_size[a], nearest))
     return volume
+
+
+def _resample_axis(volume, axis: int, from_spacing, to_spacing, new_size, nearest: bool):
+    length = tf.shape(volume)[axis]
+    position = (tf.cast(tf.range(new_size), tf.float64) * tf.cast(to_spacing, tf.float64)
+                / tf.cast(from_spacing, tf.float64))
+    inside = tf.cast(position <= tf.cast(length, tf.float64) - 0.5, tf.float64)
+    position = tf.minimum(position, tf.cast(length - 1, tf.float64))
+    shape = tf.tensor_scatter_nd_update(tf.ones([tf.rank(volume)], tf.int32), [[axis]], [-1])
+
+    def along_axis(weights):
+        return tf.reshape(tf.cast(weights, volume.dtype), shape)
+
+    if nearest:
+        index = tf.minimum(tf.cast(tf.floor(position + 0.5), tf.int32), length - 1)
+        return tf.gather(volume, index, axis=axis) * along_axis(inside)
+    low = tf.cast(tf.floor(position), tf.int32)
+    high = tf.minimum(low + 1, length - 1)
+    frac = position - tf.floor(position)
+    # (low * (1 - frac) + high * frac) * inside, with inside (0 or 1) folded into the weights.
+    return (tf.gather(volume, low, axis=axis) * along_axis((1.0 - frac) * inside)
+            + tf.gather(volume, high, axis=axis) * along_axis(frac * inside))
 
 
 def _percentile(ordered, q: float):
@@ -96,35 +108,46 @@ def _percentile(ordered, q: float):
     low = tf.cast(tf.floor(position), tf.int32)
     high = tf.minimum(low + 1, tf.size(ordered) - 1)
     frac = position - tf.floor(position)
-    return tf.gather(ordered, low) * (1.0 - frac) + tf.gather(ordered, high) * frac
+    low_value, high_value = tf.cast(tf.gather(ordered, low), tf.float64), tf.cast(tf.gather(ordered, high), tf.float64)
+    return low_value * (1.0 - frac) + high_value * frac
+
+
+def _blockwise_sum(fn, *tensors, block: int = 8):
+    """``sum(fn(*tensors))``, each tensor cast to float64 ``block`` z-slices at a time: the
+    float64 sum over a whole scan without a float64 copy of it."""
+    def body(z, total):
+        return z + block, total + tf.reduce_sum(fn(*[tf.cast(t[z:z + block], tf.float64) for t in tensors]))
+    return tf.while_loop(lambda z, t: z < tf.shape(tensors[0])[0], body, (0, tf.constant(0.0, tf.float64)))[1]
 
 
 def normalize(volume, mode: str, clip_percentiles: Optional[Sequence[float]] = None):
     """Per-channel intensity normalisation of ``(D, H, W, C)`` as
     :func:`vnet_tf.data.preprocess.normalize_intensities`: optional percentile clipping, then
     ``zscore``, ``zscore_foreground`` (voxels != 0; the others stay 0), ``rescale`` to [0, 1]
-    or ``none``. Statistics are summed in float64; the volume stays float32 (no float64 copy
-    of a large scan is kept)."""
+    or ``none``. Statistics are summed in float64 a block of slices at a time; the volume
+    stays float32 (no float64 copy of a large scan is made)."""
     channels = []
     for c in range(volume.shape[-1]):
-        x = tf.cast(volume[..., c], tf.float32)
+        x = tf.cast(volume[..., 0] if volume.shape[-1] == 1 else volume[..., c], tf.float32)
         mask = None
         if mode == "zscore_foreground":
             mask = tf.not_equal(x, 0.0)
             mask = tf.cond(tf.reduce_any(mask), lambda m=mask: m, lambda x=x: tf.ones_like(x, tf.bool))
-        def values(x=x, mask=mask):
-            return x if mask is None else tf.boolean_mask(x, mask)
-
         if clip_percentiles is not None:
-            ordered = tf.cast(tf.sort(tf.reshape(values(), [-1])), tf.float64)
+            ordered = tf.sort(tf.reshape(x if mask is None else tf.boolean_mask(x, mask), [-1]))
             low = tf.cast(_percentile(ordered, float(clip_percentiles[0])), tf.float32)
             high = tf.cast(_percentile(ordered, float(clip_percentiles[1])), tf.float32)
             x = tf.clip_by_value(x, low, high)
         if mode in ("zscore", "zscore_foreground"):
-            v = tf.cast(values(x), tf.float64)
-            mean = tf.reduce_mean(v)
-            std = tf.sqrt(tf.reduce_mean(tf.square(v - mean)))
-            out = (x - tf.cast(mean, tf.float32)) / tf.cast(tf.maximum(std, 1e-8), tf.float32)
+            if mask is None:
+                count = tf.cast(tf.size(x), tf.float64)
+                mean = _blockwise_sum(lambda v: v, x) / count
+                var = _blockwise_sum(lambda v: tf.square(v - mean), x) / count
+            else:
+                count = _blockwise_sum(lambda m: m, mask)
+                mean = _blockwise_sum(lambda v, m: v * m, x, mask) / count
+                var = _blockwise_sum(lambda v, m: tf.square(v - mean) * m, x, mask) / count
+            out = (x - tf.cast(mean, tf.float32)) / tf.cast(tf.maximum(tf.sqrt(var), 1e-8), tf.float32)
             if mask is not None:
                 out = tf.where(mask, out, tf.zeros_like(out))
         elif mode == "rescale":
@@ -133,7 +156,7 @@ def normalize(volume, mode: str, clip_percentiles: Optional[Sequence[float]] = N
         else:
             out = x
         channels.append(out)
-    return tf.stack(channels, axis=-1)
+    return channels[0][..., None] if len(channels) == 1 else tf.stack(channels, axis=-1)
 
 
 def centre_crop_or_pad(volume, size: Sequence[int]):

@@ -173,12 +173,27 @@ def test_resampling_matches_simpleitk_linear_and_nearest(rng):
 
 
 @pytest.mark.parametrize("mode, clip", [("zscore", None), ("zscore_foreground", None), ("rescale", (1.0, 99.0)),
-                                        ("zscore", (5.0, 95.0)), ("none", None)])
+                                        ("zscore", (5.0, 95.0)), ("none", None), ("ct", None)])
 def test_normalisation_matches_the_cache_numpy_version(rng, mode, clip):
     array = (rng.normal(size=(9, 10, 11)) * 50 + 100).astype(np.float32)
     array[:3] = 0.0
-    got = volume_ops.normalize(tf.constant(array[..., None]), mode, clip).numpy()[..., 0]
-    np.testing.assert_allclose(got, normalize_intensities(array, mode, clip), atol=2e-5)
+    ct = (40.0, 160.0, 95.0, 30.0) if mode == "ct" else None
+    got = volume_ops.normalize(tf.constant(array[..., None]), mode, clip, ct).numpy()[..., 0]
+    expected = normalize_intensities(array, mode, clip, ct)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    if mode == "ct":  # clipped to [40, 160], then the dataset's mean and std
+        np.testing.assert_allclose(expected, (np.clip(array, 40, 160) - 95) / 30, rtol=1e-6)
+        assert expected.min() == pytest.approx((40 - 95) / 30)
+
+
+def test_ct_statistics_go_with_the_ct_normalisation_only():
+    with pytest.raises(ValueError, match="ct_statistics"):
+        PreprocessConfig(normalization="ct").validate()
+    with pytest.raises(ValueError, match="ct_statistics"):
+        PreprocessConfig(normalization="zscore", ct_statistics=(0, 1, 0, 1)).validate()
+    with pytest.raises(ValueError, match="low < high"):
+        PreprocessConfig(normalization="ct", ct_statistics=(5, 1, 0, 1)).validate()
+    PreprocessConfig(normalization="ct", ct_statistics=(-100, 300, 50, 80)).validate()
 
 
 def test_postprocess_keeps_largest_component():

@@ -17,7 +17,10 @@ OTHER = {
     "aug_elastic_axes": "1,1,0", "aug_rotation": "30,30,30", "aug_scale": "0.7,1.4", "aug_flip_axes": "0,2",
     "aug_lowres_zoom": "0.6,0.9", "mirror_axes": "0,1", "fold": "1", "deep_supervision": "1",
     "max_validation_cases": "3", "time_budget_minutes": "30", "weight_average": "0.99",
+    "ct_statistics": "-100,300,50,80",
 }
+# Flags that are only valid with another flag set too: that flag and its value.
+COMPANION = {"ct_statistics": ("intensity_normalization", "ct")}
 
 
 @pytest.fixture()
@@ -70,9 +73,11 @@ def test_each_flag_sets_its_field_and_nothing_else(command):
         if value is None:  # data_dir is build_config's argument (the demo dataset where empty)
             continue
         flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train.py", f"--{name}={value}"])
+        companion = [f"--{COMPANION[name][0]}={COMPANION[name][1]}"] if name in COMPANION else []
+        flags.FLAGS(["train.py", f"--{name}={value}", *companion])
         changed = {k for k, v in _leaves(command.build_config("data")).items() if v != defaults[k]}
-        assert changed == {field}, (name, value, changed)
+        expected = {field} | ({command.FIELD_OF[COMPANION[name][0]]} if name in COMPANION else set())
+        assert changed == expected, (name, value, changed)
 
 
 def test_every_field_has_a_flag_or_a_reason(command):

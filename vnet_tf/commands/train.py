@@ -26,6 +26,7 @@ FIELD_OF = {
     "data_dir": "data_dir", "layout": "layout", "workdir": "workdir", "cache_dir": "cache_dir",
     "num_classes": "num_classes", "target_spacing": "preprocess.target_spacing_zyx",
     "intensity_normalization": "preprocess.normalization", "clip_percentiles": "preprocess.clip_percentiles",
+    "ct_statistics": "preprocess.ct_statistics",
     "patch_size": "patch_size_zyx", "num_folds": "num_folds", "fold": "fold",
     "max_validation_cases": "max_validation_cases",
     "variant": "model.variant", "base_width": "model.base_width", "depth": "model.depth",
@@ -140,7 +141,8 @@ def build_config(data_dir: str):
         preprocess=PreprocessConfig(
             target_spacing_zyx=_numbers("target_spacing", float, 3, True) if FLAGS.target_spacing else None,
             normalization=FLAGS.intensity_normalization,
-            clip_percentiles=_numbers("clip_percentiles", float, 2) if FLAGS.clip_percentiles else None),
+            clip_percentiles=_numbers("clip_percentiles", float, 2) if FLAGS.clip_percentiles else None,
+            ct_statistics=_numbers("ct_statistics", float, 4) if FLAGS.ct_statistics else None),
         model=VNetConfig(base_width=FLAGS.base_width, depth=FLAGS.depth, kernel_size=FLAGS.kernel_size,
                          convs_left=_numbers("convs_left", int) or None,
                          convs_right=_numbers("convs_right", int) or None,

@@ -31,7 +31,7 @@ from vnet_tf.core.errors import UserError
 from vnet_tf.core.io import Geometry
 from vnet_tf.core.labels import value_problem
 
-NORMALIZATIONS = ("none", "zscore", "zscore_foreground", "rescale")
+NORMALIZATIONS = ("none", "zscore", "zscore_foreground", "rescale", "ct")
 IMAGE_INTERPOLATIONS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
 LABEL_INTERPOLATIONS = ("nearest", "linear_argmax")
 AXIS_OF_LETTER = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
@@ -47,6 +47,7 @@ class PreprocessConfig:
     label_interpolation: str = "nearest"
     normalization: str = "zscore"
     clip_percentiles: Optional[Tuple[float, float]] = None
+    ct_statistics: Optional[Tuple[float, float, float, float]] = None
     crop_size_zyx: Optional[Tuple[int, int, int]] = None
     n4: bool = False
 
@@ -74,6 +75,14 @@ class PreprocessConfig:
             if not 0 <= low < high <= 100:
                 raise ValueError(f"clip_percentiles must be (low, high) with 0 <= low < high <= 100, "
                                  f"got {self.clip_percentiles!r}")
+        if (self.normalization == "ct") != (self.ct_statistics is not None):
+            raise ValueError(f"ct_statistics (low, high, mean, std) go with normalization 'ct' and only with it; "
+                             f"got normalization {self.normalization!r} and ct_statistics {self.ct_statistics!r}")
+        if self.ct_statistics is not None:
+            stats = tuple(self.ct_statistics)
+            if len(stats) != 4 or not stats[0] < stats[1] or not stats[3] > 0 or not np.all(np.isfinite(stats)):
+                raise ValueError(f"ct_statistics must be (low, high, mean, std) with low < high and std > 0, "
+                                 f"got {self.ct_statistics!r}")
         if self.crop_size_zyx is not None and (
                 len(self.crop_size_zyx) != 3 or min(self.crop_size_zyx) < 1):
             raise ValueError(f"crop_size_zyx must be 3 positive sizes, got {self.crop_size_zyx!r}")
@@ -149,10 +158,14 @@ def _resample_label(label: sitk.Image, reference: sitk.Image, mode: str) -> sitk
     return out
 
 
-def normalize_intensities(array: np.ndarray, mode: str,
-                          clip_percentiles: Optional[Sequence[float]] = None) -> np.ndarray:
-    """Normalises one channel ``(z, y, x)``; returns float32. See :class:`PreprocessConfig`."""
+def normalize_intensities(array: np.ndarray, mode: str, clip_percentiles: Optional[Sequence[float]] = None,
+                          ct_statistics: Optional[Sequence[float]] = None) -> np.ndarray:
+    """Normalises one channel ``(z, y, x)``; returns float32. See :class:`PreprocessConfig`;
+    ``ct``: clip to ``[low, high]`` then ``(x - mean) / std``, the dataset's values."""
     array = np.asarray(array, dtype=np.float32)
+    if mode == "ct":
+        low, high, mean, std = (float(v) for v in ct_statistics)
+        return ((np.clip(array, low, high) - mean) / std).astype(np.float32)
     mask = array != 0 if mode == "zscore_foreground" else np.ones(array.shape, bool)
     if not mask.any():
         mask = np.ones(array.shape, bool)
@@ -242,7 +255,7 @@ def preprocess_case(images: Sequence[sitk.Image], label: Optional[sitk.Image],
         if label is not None:
             label = _resample_label(label, resampled, config.label_interpolation)
     arrays = [normalize_intensities(sitk.GetArrayViewFromImage(c), config.normalization,
-                                    config.clip_percentiles) for c in channels]
+                                    config.clip_percentiles, config.ct_statistics) for c in channels]
     image_array = np.stack(arrays, axis=-1)
     label_array = None if label is None else _label_array(label)
     size = image_array.shape[:3]

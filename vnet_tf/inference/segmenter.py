@@ -326,7 +326,8 @@ class Segmenter(tf.Module):
         if target is not None:
             oriented = tf.ensure_shape(volume_ops.resample(oriented, spacing_o, target, grid),
                                        [None, None, None, self.channels])
-        image = volume_ops.normalize(oriented, self.preprocess.normalization, self.preprocess.clip_percentiles)
+        image = volume_ops.normalize(oriented, self.preprocess.normalization, self.preprocess.clip_percentiles,
+                                     self.preprocess.ct_statistics)
         start = None
         if self.preprocess.crop_size_zyx is not None:
             image, start = volume_ops.centre_crop_or_pad(image, self.preprocess.crop_size_zyx)

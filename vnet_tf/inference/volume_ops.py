@@ -120,11 +120,13 @@ def _blockwise_sum(fn, *tensors, block: int = 8):
     return tf.while_loop(lambda z, t: z < tf.shape(tensors[0])[0], body, (0, tf.constant(0.0, tf.float64)))[1]
 
 
-def normalize(volume, mode: str, clip_percentiles: Optional[Sequence[float]] = None):
+def normalize(volume, mode: str, clip_percentiles: Optional[Sequence[float]] = None,
+              ct_statistics: Optional[Sequence[float]] = None):
     """Per-channel intensity normalisation of ``(D, H, W, C)`` as
     :func:`vnet_tf.data.preprocess.normalize_intensities`: optional percentile clipping, then
     ``zscore``, ``zscore_foreground`` (voxels != 0; the others stay 0), ``rescale`` to [0, 1]
-    or ``none``. Statistics are summed in float64 a block of slices at a time; the volume
+    or ``none``; ``ct``: clip to ``[low, high]`` then ``(x - mean) / std`` with the dataset's
+    ``ct_statistics``. Statistics are summed in float64 a block of slices at a time; the volume
     stays float32 (no float64 copy of a large scan is made)."""
     channels = []
     for c in range(volume.shape[-1]):
@@ -150,6 +152,9 @@ def normalize(volume, mode: str, clip_percentiles: Optional[Sequence[float]] = N
             out = (x - tf.cast(mean, tf.float32)) / tf.cast(tf.maximum(tf.sqrt(var), 1e-8), tf.float32)
             if mask is not None:
                 out = tf.where(mask, out, tf.zeros_like(out))
+        elif mode == "ct":
+            low, high, mean, std = (float(v) for v in ct_statistics)
+            out = (tf.clip_by_value(x, low, high) - mean) / std
         elif mode == "rescale":
             low, high = tf.reduce_min(x), tf.reduce_max(x)
             out = (x - low) / tf.maximum(high - low, 1e-8)

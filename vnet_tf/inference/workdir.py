@@ -89,7 +89,7 @@ def run_configs(run: dict) -> Tuple[PreprocessConfig, InferenceConfig]:
     """The preprocessing and inference settings a run was trained with."""
     train_cfg = run["train"]
     pre = dict(train_cfg["preprocess"])
-    for key in ("target_spacing_zyx", "clip_percentiles", "crop_size_zyx"):
+    for key in ("target_spacing_zyx", "clip_percentiles", "ct_statistics", "crop_size_zyx"):
         if pre.get(key) is not None:
             pre[key] = tuple(pre[key])
     inf = dict(train_cfg["inference"])

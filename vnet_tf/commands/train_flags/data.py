@@ -10,8 +10,10 @@ flags.DEFINE_integer("demo_cases", 16, "cases in the demo dataset", lower_bound=
 flags.DEFINE_integer("num_classes", 0, "classes, background included; 0 = those dataset.json declares, else "
                      "the label values found, which must then be 0..K-1 without gaps", lower_bound=0)
 flags.DEFINE_list("target_spacing", [], "resample to this spacing in mm, z,y,x; empty = keep")
-flags.DEFINE_enum("intensity_normalization", "zscore", ["none", "zscore", "zscore_foreground", "rescale"],
-                  "per-case intensity normalisation")
+flags.DEFINE_enum("intensity_normalization", "zscore", ["none", "zscore", "zscore_foreground", "rescale", "ct"],
+                  "per-case intensity normalisation; ct: the dataset's --ct_statistics")
+flags.DEFINE_list("ct_statistics", [], "with --intensity_normalization=ct: low,high,mean,std: clip to [low, high], "
+                  "then (x - mean) / std (vnet-plan measures them in the labelled foreground)")
 flags.DEFINE_list("clip_percentiles", [], "clip intensities to these percentiles first, e.g. 0.5,99.5")
 flags.DEFINE_list("patch_size", ["32", "32", "32"], "training patch, z,y,x voxels")
 flags.DEFINE_integer("num_folds", 5, "cross-validation folds (case-id hash)", lower_bound=2)

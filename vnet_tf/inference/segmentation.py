@@ -48,7 +48,8 @@ def scan_arrays(images: Sequence[sitk.Image], n4: bool = False, names: Sequence[
                             f"got size {channel.GetSize()}; {'; '.join(problems)}")
     if n4:
         channels = [n4_correct(c) for c in channels]
-    volume = np.stack([sitk.GetArrayFromImage(c).astype(np.float32) for c in channels], axis=-1)
+    arrays = [sitk.GetArrayViewFromImage(c).astype(np.float32) for c in channels]
+    volume = arrays[0][..., None] if len(arrays) == 1 else np.stack(arrays, axis=-1)  # one copy of a large scan, not two
     return ScanArrays(volume, np.asarray(channels[0].GetSpacing()[::-1], np.float32),
                       np.asarray(channels[0].GetDirection(), np.float32), reference)
 

@@ -112,17 +112,12 @@ def _fixed_length(values, n: int, fill: float):
     return tf.pad(values, [[0, tf.maximum(n - tf.size(values), 0)]], constant_values=fill)[:n]
 
 
-def _put(total, start, value):
-    """``total`` with ``value`` written at ``start`` (over the first 3 axes; the others whole)."""
-    begin = tf.concat([start, tf.zeros([len(total.shape) - 3], tf.int32)], 0)
-    return tf.raw_ops.TensorStridedSliceUpdate(input=total, begin=begin, end=begin + tf.shape(value),
-                                               strides=tf.ones_like(begin), value=value)
-
-
 def _add(total, start, value):
     """``total`` with ``value`` added at ``start`` (over the first 3 axes; the others whole)."""
     begin = tf.concat([start, tf.zeros([len(total.shape) - 3], tf.int32)], 0)
-    return _put(total, start, tf.slice(total, begin, tf.shape(value)) + value)
+    return tf.raw_ops.TensorStridedSliceUpdate(input=total, begin=begin, end=begin + tf.shape(value),
+                                               strides=tf.ones_like(begin),
+                                               value=tf.slice(total, begin, tf.shape(value)) + value)
 
 
 class Untracked:
@@ -155,6 +150,9 @@ class Segmenter(tf.Module):
         self.channels, self.num_classes = int(channels), int(num_classes)
         self.preprocess, self.inference = preprocess, inference
         self.max_voxels = int(max_voxels)
+        # Labels are uint8 inside the graph (a quarter of int32's memory for a large scan) and
+        # int32 in its outputs.
+        self.label_dtype = tf.uint8 if self.num_classes <= 256 else tf.int32
         self.patch = tuple(int(p) for p in inference.patch_size_zyx)
         weights = (gaussian_weights(self.patch, inference.sigma_scale) if inference.blend == "gaussian"
                    else np.ones(self.patch, np.float32))
@@ -200,72 +198,103 @@ class Segmenter(tf.Module):
         """``(D, H, W, C)`` preprocessed volume -> ``(D, H, W, K)`` probabilities."""
         return self._blend(volume, with_probabilities=True)[1]
 
+    def _row(self, volume, z, y, x_starts):
+        """The windows at ``(z, y, x)`` for every ``x`` of ``x_starts``, weighted by the
+        importance map and summed: a strip ``(pz, py, W, K)`` and its summed weights
+        ``(pz, py, W)``. Along x the same streaming as :meth:`_blend`'s along z: a carry one
+        window wide takes each window, gives up the columns no later window reaches, and
+        moves on (sums of equal shapes and concatenations: no copy of anything larger)."""
+        patch, channels, bs = self.patch, self.channels, self.inference.batch_size
+        n = tf.size(x_starts)
+        widths = tf.concat([x_starts[1:], [x_starts[-1] + patch[2]]], 0) - x_starts
+        window_spec = tf.TensorSpec([*patch, channels], tf.float32)
+
+        def batch(k, carry, carry_norm, pieces, norm_pieces):
+            xs = x_starts[k * bs:tf.minimum((k + 1) * bs, n)]  # the last batch may hold fewer
+            patches = tf.map_fn(lambda x: tf.slice(volume, tf.stack([z, y, x, 0]), [*patch, channels]),
+                                xs, fn_output_signature=window_spec)
+            windows = self._mirrored(patches) * self.window_weights[..., None]
+
+            def add(j, carry, carry_norm, pieces, norm_pieces):
+                carry, carry_norm, width = carry + windows[j], carry_norm + self.window_weights, widths[k * bs + j]
+                pieces = pieces.write(k * bs + j, tf.transpose(carry[:, :, :width], [2, 0, 1, 3]))
+                norm_pieces = norm_pieces.write(k * bs + j, tf.transpose(carry_norm[:, :, :width], [2, 0, 1]))
+                carry = tf.ensure_shape(tf.concat([carry[:, :, width:], tf.zeros_like(carry[:, :, :width])], 2),
+                                        [*patch, self.num_classes])
+                carry_norm = tf.ensure_shape(
+                    tf.concat([carry_norm[:, :, width:], tf.zeros_like(carry_norm[:, :, :width])], 2), patch)
+                return j + 1, carry, carry_norm, pieces, norm_pieces
+
+            return (k + 1, *tf.while_loop(lambda j, *_: j < tf.size(xs), add,
+                                          (0, carry, carry_norm, pieces, norm_pieces), parallel_iterations=1)[1:])
+
+        def pieces(shape):
+            return tf.TensorArray(tf.float32, size=n, infer_shape=False, element_shape=shape)
+
+        state = (0, tf.zeros([*patch, self.num_classes]), tf.zeros(patch),
+                 pieces([None, patch[0], patch[1], self.num_classes]), pieces([None, patch[0], patch[1]]))
+        # One batch at a time: a batch predicted ahead would hold the network's activations twice.
+        _, _, _, strip, strip_norm = tf.while_loop(lambda k, *_: k * bs < n, batch, state, parallel_iterations=1)
+        return tf.transpose(strip.concat(), [1, 2, 0, 3]), tf.transpose(strip_norm.concat(), [1, 2, 0])
+
     def _blend(self, volume, with_probabilities: bool):
-        """``(labels, probabilities)`` of a ``(D, H, W, C)`` preprocessed volume: int32
-        ``(D, H, W)`` and float32 ``(D, H, W, K)`` (``None`` unless asked).
+        """``(labels, probabilities)`` of a ``(D, H, W, C)`` preprocessed volume:
+        :attr:`label_dtype` ``(D, H, W)`` and float32 ``(D, H, W, K)`` (``None`` unless asked).
 
         The volume is zero-padded (centred) to at least the patch. Windows go in planes (one
-        z start each), ``batch_size`` at a time; each window's probabilities, weighted by the
-        importance map, are summed into a slab one patch deep (``accum``, ``(pz, H, W, K)``),
-        and the weights into ``norm``. No later window reaches the slab's rows above the next
-        plane's start, so after each plane those rows are final: their labels
-        (``argmax(accum)``, as ``norm > 0``) and probabilities (``accum / norm``) are written
-        out and the slab moves down. Memory: a slab of class sums, not the whole volume's."""
-        patch, channels, k_classes = self.patch, self.channels, self.num_classes
-        overlap, bs = self.inference.overlap, self.inference.batch_size
+        z start each), a row (one y start) at a time (:meth:`_row`); each row's weighted sums
+        are added into a slab one patch deep (``accum``, ``(pz, H, W, K)``), and the weights
+        into ``norm``. No later window reaches the slab's rows above the next plane's start,
+        so after each plane those rows are final: their labels (``argmax(accum)``, as ``norm >
+        0``) and probabilities (``accum / norm``) are written out and the slab moves down.
+        Memory: a slab of class sums, not the whole volume's."""
+        patch, k_classes, overlap = self.patch, self.num_classes, self.inference.overlap
         size = tf.shape(volume)[:3]
         padded = tf.maximum(size, patch)
         before = (padded - size) // 2
         volume = volume_ops.place_window(volume, -before, padded)
-        z_starts = window_starts(padded[0], patch[0], overlap)
+        z_starts, y_starts, x_starts = [window_starts(padded[a], patch[a], overlap) for a in range(3)]
         z_ends = tf.concat([z_starts[1:], padded[:1]], 0)  # rows [z_starts[i], z_ends[i]) final after plane i
-        yx = tf.meshgrid(*[window_starts(padded[a], patch[a], overlap) for a in (1, 2)], indexing="ij")
-        yx = tf.reshape(tf.stack(yx, axis=-1), (-1, 2))
-        n = tf.shape(yx)[0]
-        window_spec = tf.TensorSpec([*patch, channels], tf.float32)
+        inner = tf.concat([[0], before[1:]], 0), size[1:]  # the slab's rows without the padding
 
         def plane(i, accum, norm, labels, probabilities):
-            z = z_starts[i]
+            def add_row(r, accum, norm):
+                strip, strip_norm = self._row(volume, z_starts[i], y_starts[r], x_starts)
+                start = tf.stack([0, y_starts[r], 0])
+                return r + 1, _add(accum, start, strip), _add(norm, start, strip_norm)
 
-            def batch(k, accum, norm):
-                chunk = yx[k * bs:tf.minimum((k + 1) * bs, n)]  # the last batch may hold fewer
-                patches = tf.map_fn(lambda s: tf.slice(volume, tf.concat([[z], s, [0]], 0), [*patch, channels]),
-                                    chunk, fn_output_signature=window_spec)
-                windows = self._mirrored(patches) * self.window_weights[..., None]
-
-                def add_window(j, accum, norm):
-                    start = tf.concat([[0], chunk[j]], 0)
-                    return j + 1, _add(accum, start, windows[j]), _add(norm, start, self.window_weights)
-
-                _, accum, norm = tf.while_loop(lambda j, a, b: j < tf.shape(chunk)[0], add_window, (0, accum, norm))
-                return k + 1, accum, norm
-
-            _, accum, norm = tf.while_loop(lambda k, a, b: k * bs < n, batch, (0, accum, norm))
-            rows = z_ends[i] - z
-            final = tf.slice(accum, tf.concat([[0], before[1:], [0]], 0), tf.concat([[rows], size[1:], [-1]], 0))
-            labels = _put(labels, tf.stack([z, 0, 0]), tf.argmax(final, axis=-1, output_type=tf.int32))
+            _, accum, norm = tf.while_loop(lambda r, *_: r < tf.size(y_starts), add_row, (0, accum, norm),
+                                           parallel_iterations=1)
+            rows = z_ends[i] - z_starts[i]
+            weight = tf.slice(norm, inner[0], tf.concat([[rows], inner[1]], 0))
+            final = tf.slice(accum, tf.concat([inner[0], [0]], 0), tf.concat([[rows], inner[1], [-1]], 0))
+            labels = labels.write(i, tf.cast(tf.argmax(final, axis=-1, output_type=tf.int32), self.label_dtype))
             if with_probabilities:
-                weight = tf.slice(norm, tf.concat([[0], before[1:]], 0), tf.concat([[rows], size[1:]], 0))
-                probabilities = _put(probabilities, tf.stack([z, 0, 0]), final / weight[..., None])
+                probabilities = probabilities.write(i, final / weight[..., None])
             accum = tf.concat([accum[rows:], tf.zeros_like(accum[:rows])], 0)
             norm = tf.concat([norm[rows:], tf.zeros_like(norm[:rows])], 0)
             return i + 1, accum, norm, labels, probabilities
 
-        rows_out = tf.concat([padded[:1], size[1:]], 0)
+        count = tf.size(z_starts)
         state = (0, tf.zeros(tf.concat([[patch[0]], padded[1:], [k_classes]], 0)),
-                 tf.zeros(tf.concat([[patch[0]], padded[1:]], 0)), tf.zeros(rows_out, tf.int32),
-                 tf.zeros(tf.concat([rows_out, [k_classes]], 0) if with_probabilities else [0, 0, 0, 0]))
-        invariants = (tf.TensorShape([]), *[tf.TensorShape([None] * len(s.shape)) for s in state[1:]])
-        _, _, _, labels, probabilities = tf.while_loop(lambda i, *_: i < tf.size(z_starts), plane, state,
-                                                       shape_invariants=invariants)
-        labels = tf.slice(labels, tf.stack([before[0], 0, 0]), tf.concat([size[:1], [-1, -1]], 0))
+                 tf.zeros(tf.concat([[patch[0]], padded[1:]], 0)),
+                 tf.TensorArray(self.label_dtype, size=count, infer_shape=False, element_shape=[None, None, None]),
+                 tf.TensorArray(tf.float32, size=count if with_probabilities else 0, infer_shape=False,
+                                element_shape=[None, None, None, k_classes]))
+        invariants = (tf.TensorShape([]), tf.TensorShape([None, None, None, k_classes]),
+                      tf.TensorShape([None, None, None]), tf.TensorShape(None), tf.TensorShape(None))
+        _, _, _, labels, probabilities = tf.while_loop(lambda i, *_: i < count, plane, state,
+                                                       shape_invariants=invariants, parallel_iterations=1)
+        labels = tf.slice(labels.concat(), tf.stack([before[0], 0, 0]), tf.concat([size[:1], [-1, -1]], 0))
         if not with_probabilities:
             return labels, None
-        return labels, tf.slice(probabilities, tf.stack([before[0], 0, 0, 0]), tf.concat([size[:1], [-1, -1, -1]], 0))
+        return labels, tf.slice(probabilities.concat(), tf.stack([before[0], 0, 0, 0]),
+                                tf.concat([size[:1], [-1, -1, -1]], 0))
 
     # -- whole volumes ---------------------------------------------------------------------
     def _checks(self, volume, spacing, direction):
         shape = tf.shape(volume)
+        finite = tf.reduce_all(tf.math.is_finite(volume))
         return [
             tf.debugging.Assert(tf.size(spacing) == 3, [
                 "input spacing: expected 3 values (mm, in z, y, x order); got", tf.size(spacing), "values"]),
@@ -274,9 +303,10 @@ class Segmenter(tf.Module):
                 "returns them); got", tf.size(direction), "values"]),
             tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(spacing)) & tf.reduce_all(spacing > 0), [
                 "input spacing: expected 3 positive finite values (mm, z, y, x); got", spacing]),
-            tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(volume)), [
+            tf.debugging.Assert(finite, [
                 "input volume: expected finite values; found NaN or infinite voxels:",
-                tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(volume)), tf.int64))]),
+                tf.cond(finite, lambda: tf.constant(0, tf.int64),  # counted only when some are not finite
+                        lambda: tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(volume)), tf.int64)))]),
             tf.debugging.Assert(tf.reduce_all(shape[:3] >= MIN_AXIS), [
                 f"input volume: expected at least {MIN_AXIS} voxels along each spatial axis; got shape", shape]),
         ]
@@ -346,7 +376,7 @@ class Segmenter(tf.Module):
             labels = volume_ops.resample(labels, target, spacing_o, size, nearest=True)
             if with_probabilities:
                 probabilities = volume_ops.resample(probabilities, target, spacing_o, size)
-        out = {"labels": volume_ops.unorient(labels, perm, flips)}
+        out = {"labels": tf.cast(volume_ops.unorient(labels, perm, flips), tf.int32)}
         if with_probabilities:
             out["probabilities"] = volume_ops.unorient(probabilities, perm, flips)
         return out

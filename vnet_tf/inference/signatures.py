@@ -62,6 +62,21 @@ class VNetServing(tf.Module):
         """The signatures to save, by name (:data:`SIGNATURES`)."""
         return {name: function.get_concrete_function() for name, function in self._functions.model.items()}
 
+    @staticmethod
+    def _each_scan(one, batched, signature):
+        """``one`` on each scan of ``batched``, the outputs stacked. One scan (the usual request)
+        is passed and returned without a copy: its slice is the whole input, and its outputs
+        gain their batch axis by a reshape."""
+        n = tf.shape(batched)[0]
+
+        def body(b, arrays):
+            scan = tf.reshape(tf.slice(batched, tf.stack([b, 0, 0, 0, 0]), [1, -1, -1, -1, -1]), tf.shape(batched)[1:])
+            return b + 1, tuple(a.write(b, out) for a, out in zip(arrays, one(scan)))
+
+        arrays = tuple(tf.TensorArray(spec.dtype, size=n, element_shape=spec.shape) for spec in signature)
+        _, arrays = tf.while_loop(lambda b, _: b < n, body, (0, arrays), parallel_iterations=1)
+        return tuple(tf.cond(n == 1, lambda a=a: tf.expand_dims(a.read(0), 0), a.stack) for a in arrays)
+
     def _serve(self, volume, spacing, direction, with_probabilities: bool):
         channels, classes = self.segmenter.channels, self.segmenter.num_classes
         rank = tf.rank(volume)
@@ -71,7 +86,9 @@ class VNetServing(tf.Module):
             tf.shape(volume)])]
         with tf.control_dependencies(checks):
             index = tf.clip_by_value(rank - 3, 0, 2)
-        batched = tf.switch_case(index, [lambda: volume[None, ..., None], lambda: volume[None], lambda: volume])
+        # Reshapes, not copies, of a large scan.
+        batched = tf.switch_case(index, [lambda: tf.reshape(volume, tf.concat([[1], tf.shape(volume), [1]], 0)),
+                                         lambda: tf.expand_dims(volume, 0), lambda: volume])
         channel_ok = tf.logical_and(tf.rank(batched) == 5, tf.shape(batched)[-1] == channels)
         with tf.control_dependencies([tf.debugging.Assert(channel_ok, [
                 f"input volume: expected {channels} channel(s) on the last axis; got shape", tf.shape(volume)])]):
@@ -84,8 +101,8 @@ class VNetServing(tf.Module):
             out = self.segmenter._segment(v, spacing, direction, with_probabilities)  # pylint: disable=protected-access
             return tuple(out[k] for k in ("labels", "probabilities")[:len(signature)])
 
-        outputs = tf.map_fn(one, batched, fn_output_signature=tuple(signature))
-        unbatch = lambda x: tf.cond(rank == 5, lambda: x, lambda: x[0])  # noqa: E731
+        outputs = self._each_scan(one, batched, signature)
+        unbatch = lambda x: tf.cond(rank == 5, lambda: x, lambda: tf.reshape(x, tf.shape(x)[1:]))  # noqa: E731
         result = {"labels": unbatch(outputs[0]), "postprocess": tf.constant(self.postprocess)}
         if with_probabilities:
             result["probabilities"] = unbatch(outputs[1])

@@ -130,7 +130,8 @@ def normalize(volume, mode: str, clip_percentiles: Optional[Sequence[float]] = N
     stays float32 (no float64 copy of a large scan is made)."""
     channels = []
     for c in range(volume.shape[-1]):
-        x = tf.cast(volume[..., 0] if volume.shape[-1] == 1 else volume[..., c], tf.float32)
+        # One channel: a reshape, not a copy of the scan.
+        x = tf.cast(tf.reshape(volume, tf.shape(volume)[:3]) if volume.shape[-1] == 1 else volume[..., c], tf.float32)
         mask = None
         if mode == "zscore_foreground":
             mask = tf.not_equal(x, 0.0)

@@ -49,6 +49,7 @@ class Dataset:
     cases: Tuple[Case, ...]
     channels: Optional[int] = None
     labels: Optional[Dict[int, str]] = None
+    modalities: Optional[Tuple[str, ...]] = None  # per channel, as the index names them ("CT", "T2", ...)
 
 
 def _volume_files(folder: pathlib.Path) -> List[pathlib.Path]:
@@ -114,7 +115,18 @@ def _msd(root: pathlib.Path) -> Dataset:
     if modality is not None and not isinstance(modality, dict):
         raise UserError(f"{root / 'dataset.json'}: 'modality' must map channel numbers to names, got {modality!r}")
     channels = len(modality) if modality else None
-    return Dataset(root, "msd", tuple(cases), channels, labels)
+    return Dataset(root, "msd", tuple(cases), channels, labels, _modalities(modality))
+
+
+def _modalities(declared) -> Optional[Tuple[str, ...]]:
+    """The channel names of dataset.json's ``modality`` (MSD, nnU-Net v1) or ``channel_names``
+    (nnU-Net v2), in channel order; ``None`` where it names none."""
+    if not isinstance(declared, dict) or not declared:
+        return None
+    try:
+        return tuple(str(declared[k]) for k in sorted(declared, key=int))
+    except ValueError:
+        return None
 
 
 def _nnunet(root: pathlib.Path) -> Dataset:
@@ -134,7 +146,10 @@ def _nnunet(root: pathlib.Path) -> Dataset:
         label = label_files.get(case_id, labels_dir / f"{case_id}{volume_suffix(channels[0])}")
         cases.append(Case(case_id, tuple(channels[c] for c in expected), label))
     channels = {len(c.images) for c in cases}
-    return Dataset(root, "nnunet", tuple(cases), channels.pop() if len(channels) == 1 else None)
+    index = _load_json(root / "dataset.json") if (root / "dataset.json").is_file() else {}
+    modalities = _modalities(index.get("channel_names") or index.get("modality"))
+    return Dataset(root, "nnunet", tuple(cases), channels.pop() if len(channels) == 1 else None,
+                   modalities=modalities)
 
 
 def _promise12(root: pathlib.Path) -> Dataset:

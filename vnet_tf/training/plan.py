@@ -1,0 +1,202 @@
+"""A training run's settings derived from a dataset's fingerprint (``vnet-plan``).
+
+The rules, each with the reason it gives (:func:`plan_run`):
+
+- **Target spacing**: the median spacing per axis; none (keep) when every case already has it.
+  Strongly anisotropic data (the coarsest median axis ``ANISOTROPY`` times the finest or more)
+  keeps its coarse axis coarse: that axis gets the 10th percentile of its spacings rather
+  than the median (as nnU-Net), so few cases are interpolated across thick slices.
+- **Depth and patch**: the patch starts as the median case at the target spacing; the depth is
+  the most levels (at most ``MAX_DEPTH``) whose bottom keeps ``MIN_BOTTOM`` voxels along the
+  patch's shortest axis; each axis is rounded up to a multiple of ``2**(depth-1)``. While the
+  estimated training memory exceeds the budget, the axis with the largest extent in mm loses
+  one multiple (and the depth is chosen again).
+- **Batch**: 2, the fewest patches for which the foreground oversampling and the Dice over a
+  batch behave as in the recipe; a larger patch is preferred to a larger batch.
+- **Normalisation**: CT (every channel named CT in the index): clip to the 0.5th-99.5th
+  percentiles of the foreground intensities over the dataset, then subtract their mean and
+  divide by their standard deviation (the same for every case, as HU are absolute). Other
+  modalities: z-score each case.
+- **Post-processing**: keep each class's largest component when every case has at most one
+  component per class; none otherwise.
+- **Augmentation**: the recipe's; for anisotropic data rotations only about the coarse axis and
+  no elastic displacement along it.
+
+Memory estimate: ``MEMORY_FACTOR`` x the bytes of every layer's output for a batch (float32),
+shapes propagated symbolically (:func:`training_memory_gb`). Against ``bench/bench_train.py``
+(BENCHMARKS.md): the recipe's peak resident memory exceeds the demo's by 2.7 x the difference
+of their layer outputs; the factor rounds that up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from vnet_tf.core.errors import UserError
+from vnet_tf.data.fingerprint import Fingerprint, is_ct
+
+ANISOTROPY = 3.0
+MAX_DEPTH = 5
+MIN_BOTTOM = 4
+MEMORY_FACTOR = 3.0
+BATCH_SIZE = 2
+# The recipe's settings that the fingerprint does not change (configs/hippocampus.flags;
+# tests/test_plan.py holds them equal).
+RECIPE = {
+    "num_folds": "5", "fold": "0", "variant": "paper", "base_width": "16", "kernel_size": "3",
+    "activation": "prelu", "normalization": "instance", "loss": "dice_ce", "optimizer": "adam",
+    "learning_rate": "0.002", "lr_schedule": "poly", "warmup_steps": "50", "foreground_fraction": "0.33",
+    "steps": "20000", "time_budget_minutes": "115", "validation_every": "1000", "checkpoint_every": "100",
+    "augment_on": "device", "aug_affine_p": "0.2", "aug_scale": "0.85,1.15", "aug_elastic_p": "0.2",
+    "aug_elastic_sigma": "2", "aug_elastic_mesh": "2,2,2", "aug_flip_axes": "0,1,2", "aug_flip_p": "0.5",
+    "aug_gamma_p": "0.3", "aug_brightness_contrast_p": "0.15", "aug_noise_p": "0.1", "aug_noise_std": "0.1",
+    "aug_blur_p": "0.1", "val_overlap": "0.5", "mirror_axes": "0,1,2", "seed": "0",
+}
+RECIPE_ROTATION = 15
+
+
+@dataclasses.dataclass
+class Plan:
+    """Groups of flags, each with the reason for them; a group may hold no flag (a setting
+    left at train.py's default, and why)."""
+    groups: List[Tuple[str, Dict[str, str]]] = dataclasses.field(default_factory=list)
+
+    def set(self, reason: str, **values) -> None:
+        self.groups.append((reason, {k: str(v) for k, v in values.items()}))
+
+    @property
+    def flags(self) -> Dict[str, str]:
+        return {k: v for _, values in self.groups for k, v in values.items()}
+
+
+def _fmt(values, fmt: str = ".4g") -> str:
+    return ",".join(format(float(v), fmt) for v in values)
+
+
+def target_spacing(spacings: np.ndarray) -> Tuple[Optional[np.ndarray], int, str]:
+    """``(target or None, coarse axis or -1, reason)`` for the cases' ``spacings`` ``(n, 3)``."""
+    median = np.median(spacings, axis=0)
+    coarse = int(np.argmax(median))
+    if median.max() >= ANISOTROPY * median.min():
+        target = median.copy()
+        target[coarse] = max(np.percentile(spacings[:, coarse], 10), np.delete(median, coarse).max())
+        return target, coarse, (f"anisotropic (median {_fmt(median)} mm: axis {'zyx'[coarse]} is "
+                                f"{median.max() / median.min():.1f}x the finest, >= {ANISOTROPY:g}x): the median "
+                                f"spacing, with the coarse axis at the 10th percentile of its spacings")
+    if np.allclose(spacings, median, rtol=0.01, atol=0):
+        return None, -1, f"every case is at {_fmt(median)} mm (within 1 %): no resampling"
+    return median, -1, f"the median spacing of the cases (they range from {_fmt(spacings.min(0))} to {_fmt(spacings.max(0))} mm)"
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_probe(depth: int, channels: int, classes: int, base_width: int):
+    import keras  # pylint: disable=import-outside-toplevel
+    from vnet_tf.model.vnet import VNetConfig, build_vnet  # pylint: disable=import-outside-toplevel
+    model = build_vnet(VNetConfig(input_channels=channels, num_classes=classes, base_width=base_width, depth=depth,
+                                  kernel_size=int(RECIPE["kernel_size"]), convs_right=(1,) * (depth - 1),
+                                  activation=RECIPE["activation"], normalization=RECIPE["normalization"]))
+    outputs = [layer.output for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return keras.Model(model.inputs, outputs), channels
+
+
+def training_memory_gb(patch, depth: int, channels: int, classes: int, batch: int = BATCH_SIZE,
+                       base_width: int = int(RECIPE["base_width"])) -> float:
+    """Estimated working memory of a training step (GiB): ``MEMORY_FACTOR`` x the float32
+    bytes of every layer's output for ``batch`` patches of the planned network."""
+    import keras  # pylint: disable=import-outside-toplevel
+    probe, channels = _layer_probe(depth, channels, classes, base_width)
+    specs = probe.compute_output_spec(keras.KerasTensor((batch, *map(int, patch), channels), dtype="float32"))
+    return MEMORY_FACTOR * 4 * sum(math.prod(s.shape) for s in specs) / 2**30
+
+
+def depth_for(shortest: float) -> int:
+    """The most levels (2..MAX_DEPTH) whose bottom keeps MIN_BOTTOM voxels of ``shortest``."""
+    halvings = int(math.floor(math.log2(max(shortest, MIN_BOTTOM) / MIN_BOTTOM)))
+    return int(min(MAX_DEPTH, max(2, 1 + halvings)))
+
+
+def patch_and_depth(median_shape, spacing, channels: int, classes: int, memory_gb: float) -> Tuple[List[int], int, float, str]:
+    """``(patch, depth, estimated GiB, reason)`` for the median case's shape at the target spacing."""
+    patch = [float(s) for s in median_shape]
+    shrunk = []
+    while True:
+        depth = depth_for(min(patch))
+        step = 2 ** (depth - 1)
+        rounded = [int(math.ceil(p / step) * step) for p in patch]
+        memory = training_memory_gb(rounded, depth, channels, classes)
+        if memory <= memory_gb:
+            break
+        axis = int(np.argmax(np.array(rounded) * np.asarray(spacing)))
+        if rounded[axis] <= MIN_BOTTOM * step and depth == 2:
+            raise UserError(f"--memory_gb: no patch of at least {MIN_BOTTOM * step} voxels a side fits {memory_gb:g} GiB "
+                             f"(needs {memory:.2f}); raise the memory budget")
+        shrunk.append("zyx"[axis])
+        patch[axis] = rounded[axis] - step
+    reason = (f"the median case at the target spacing ({_fmt(median_shape, '.0f')} voxels), each axis rounded up to "
+              f"a multiple of 2**(depth-1) = {step}; depth {depth}: the most levels (at most {MAX_DEPTH}) that keep "
+              f"{MIN_BOTTOM} voxels along the shortest axis at the bottom; estimated training memory {memory:.2f} GiB "
+              f"of a {memory_gb:g} GiB budget")
+    if shrunk:
+        reason += f" (over budget at first: shortened along {', '.join(sorted(set(shrunk)))}, the longest in mm)"
+    return rounded, depth, memory, reason
+
+
+def plan_run(fp: Fingerprint, data_dir: str, layout: str, memory_gb: float = 8.0,
+             workdir: Optional[str] = None) -> Plan:
+    """The flags of a training run for the dataset of ``fp``, each with its reason."""
+    plan = Plan()
+    plan.set("the dataset", data_dir=data_dir, layout=layout)
+    plan.set("where the run writes", workdir=workdir or f"runs/{fp.name}", cache_dir=".cache")
+    spacings, sizes = fp.spacings, fp.sizes
+    target, coarse, why = target_spacing(spacings)
+    if target is not None:
+        plan.set(why, target_spacing=_fmt(target))
+    else:
+        plan.set(why)
+    grid = spacings if target is None else target
+    resampled = np.maximum(np.round(sizes * spacings / grid), 1)
+    classes = len(fp.class_voxels)
+    patch, depth, _, why = patch_and_depth(np.median(resampled, axis=0), np.median(spacings, 0) if target is None else target,
+                                           fp.channels, classes, memory_gb)
+    plan.set(why, patch_size=",".join(map(str, patch)), depth=depth, convs_right=",".join(["1"] * (depth - 1)))
+    plan.set(f"{BATCH_SIZE} patches a step: the fewest for which foreground oversampling and the batch's Dice behave "
+             "as in the recipe; memory goes to a larger patch first", batch_size=BATCH_SIZE)
+    _normalisation(plan, fp)
+    single = all(max(c.components, default=0) <= 1 for c in fp.cases)
+    plan.set("every case has at most one connected component of each class: keep each class's largest" if single else
+             "some cases have several components of a class: keep them all", postprocess="largest" if single else "none")
+    rotation = [RECIPE_ROTATION] * 3
+    elastic = [1, 1, 1]
+    if coarse >= 0:
+        rotation = [RECIPE_ROTATION if a == coarse else 0 for a in range(3)]
+        elastic[coarse] = 0
+        why = (f"the recipe's, but anisotropic: rotation only about axis {'zyx'[coarse]} (in the thin-slice plane) and no "
+               f"elastic displacement along it")
+    else:
+        why = "the recipe's (configs/hippocampus.flags)"
+    plan.set(why, aug_rotation=",".join(map(str, rotation)), aug_elastic_axes=",".join(map(str, elastic)))
+    plan.set("the recipe's training settings (configs/hippocampus.flags; docs/results/hippocampus.md: why each)", **RECIPE)
+    return plan
+
+
+def _normalisation(plan: Plan, fp: Fingerprint) -> None:
+    if not is_ct(fp.modalities):
+        named = ", ".join(m or "not named" for m in fp.modalities)
+        plan.set(f"modality {named}: intensities are relative, so each case is z-scored on its own",
+                 intensity_normalization="zscore")
+        return
+    values = np.concatenate([fp.foreground(c) for c in range(fp.channels)]).astype(np.float64)
+    if values.size == 0:
+        raise UserError(f"{fp.name}: no foreground voxel in any label: the CT statistics need labelled foreground")
+    low, high = np.percentile(values, [0.5, 99.5])
+    clipped = np.clip(values, low, high)
+    stats = [low, high, clipped.mean(), max(clipped.std(), 1e-6)]
+    plan.set(f"CT: Hounsfield units mean the same in every case, so every case is clipped to the 0.5th-99.5th "
+             f"percentiles of the foreground over the dataset ({low:.1f}, {high:.1f}) and scaled by the clipped "
+             f"foreground's mean and std ({stats[2]:.1f}, {stats[3]:.1f})",
+             intensity_normalization="ct", ct_statistics=_fmt(stats, ".6g"))

@@ -101,7 +101,7 @@ def _layer_probe(depth: int, channels: int, classes: int, base_width: int):
                                   kernel_size=int(RECIPE["kernel_size"]), convs_right=(1,) * (depth - 1),
                                   activation=RECIPE["activation"], normalization=RECIPE["normalization"]))
     outputs = [layer.output for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    return keras.Model(model.inputs, outputs), channels
+    return keras.Model(model.inputs, outputs)
 
 
 def training_memory_gb(patch, depth: int, channels: int, classes: int, batch: int = BATCH_SIZE,
@@ -109,7 +109,7 @@ def training_memory_gb(patch, depth: int, channels: int, classes: int, batch: in
     """Estimated working memory of a training step (GiB): ``MEMORY_FACTOR`` x the float32
     bytes of every layer's output for ``batch`` patches of the planned network."""
     import keras  # pylint: disable=import-outside-toplevel
-    probe, channels = _layer_probe(depth, channels, classes, base_width)
+    probe = _layer_probe(depth, channels, classes, base_width)
     specs = probe.compute_output_spec(keras.KerasTensor((batch, *map(int, patch), channels), dtype="float32"))
     return MEMORY_FACTOR * 4 * sum(math.prod(s.shape) for s in specs) / 2**30
 

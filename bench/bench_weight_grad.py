@@ -83,7 +83,7 @@ def tiled_weight_gradient(x, dy, kernel: int, tile_max: int = TILE_MAX):
 
 
 def _worker(repeats: int) -> None:
-    import vnet_tf  # noqa: F401  (oneDNN on)
+    import vnet_tf  # noqa: F401  pylint: disable=unused-import  (turns oneDNN on)
     import tensorflow as tf
     tf.config.threading.set_inter_op_parallelism_threads(1)
 

@@ -185,6 +185,10 @@ def test_the_budget_follows_a_machine_that_speeds_up():
     speed = clock.speed()
     assert speed["seconds_per_step_recent"] == 1.0 and speed["seconds_per_step_recent_range"] == [1.0, 2.0]
     assert speed["seconds_per_step_mean"] == round(used / steps, 4)
+    # The summary's record of the plan: behind while the slow third lasts, then on the steps run.
+    planned = speed["planned_steps_at"]
+    assert sorted(planned) == ["25%", "50%", "75%"]
+    assert planned["25%"] < 0.8 * steps and abs(planned["50%"] - steps) <= 0.02 * steps and planned["75%"] == steps
 
     mean_steps, _, mean_plans, _ = _simulated_run(step_seconds, budget, window=10**9)
     assert mean_plans[two_thirds] < 0.95 * capacity  # what the recent rate fixes

@@ -17,6 +17,7 @@ import math
 from typing import Optional
 
 RECENT_STEPS = 100  # the moving average's window, in steps
+PLAN_MARKS = (0.25, 0.5, 0.75)  # the fractions of the budget at which the summary records the plan
 
 
 def plan_total_steps(step: int, max_steps: int, remaining_seconds: float, seconds_per_step: float,
@@ -60,6 +61,7 @@ class BudgetClock:
         self.step_seconds, self.steps_timed = 0.0, 0
         self.recent: Optional[float] = None
         self.recent_range: Optional[list] = None
+        self.plans_at: dict = {}  # the first plan made at or after each of PLAN_MARKS of the budget
 
     def seed(self, seconds_per_step, seconds_per_validation) -> None:
         """Starts the averages from rates a checkpoint recorded (``None``: not measured)."""
@@ -76,12 +78,13 @@ class BudgetClock:
 
     def speed(self) -> dict:
         """How the speed varied, for the run's summary: the mean seconds per step over the
-        steps timed, the recent rate at the end, and the slowest and fastest recent rates
-        that plans were made with."""
+        steps timed, the recent rate at the end, the slowest and fastest recent rates that
+        plans were made with, and the run's planned length when a quarter, half and three
+        quarters of the budget were spent (``planned_steps_at``; plans of this process only)."""
         mean = self.step_seconds / self.steps_timed if self.steps_timed else None
         return {"seconds_per_step_mean": _rounded(mean), "seconds_per_step_recent": _rounded(self.recent),
                 "seconds_per_step_recent_range": [_rounded(v) for v in self.recent_range] if self.recent_range else None,
-                "steps_timed": self.steps_timed}
+                "steps_timed": self.steps_timed, "planned_steps_at": dict(self.plans_at)}
 
     def elapsed(self, now: float) -> float:
         return self.before + (now - self.started)
@@ -105,8 +108,12 @@ class BudgetClock:
         low, high = self.recent_range or (self.recent, self.recent)
         self.recent_range = [min(low, self.recent), max(high, self.recent)]
         per_validation = (rates["seconds_per_validation"] or 0.0) if has_validation else 0.0
-        return plan_total_steps(step, max_steps, self.budget - self.elapsed(now), rates["seconds_per_step"],
-                                validation_every, per_validation)
+        planned = plan_total_steps(step, max_steps, self.budget - self.elapsed(now), rates["seconds_per_step"],
+                                   validation_every, per_validation)
+        for mark in PLAN_MARKS:
+            if self.budget > 0 and self.elapsed(now) >= mark * self.budget:
+                self.plans_at.setdefault(f"{mark:.0%}", planned)
+        return planned
 
 
 def _rounded(value):

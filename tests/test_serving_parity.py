@@ -1,9 +1,10 @@
 """Serve exactly what is evaluated: for the preprocessing and inference settings of every
 shipped flagfile (the first with a weight average, served as "final"), a multi-channel run
 and an ensemble, a tiny model is exported, and the SavedModel, loaded in a clean process
-that imports only TensorFlow, must give evaluate.py's labels voxel for voxel and its probabilities within 1e-5,
-on real hippocampus cases and on synthetic anisotropic, reoriented ones. A second test holds
-the graph's preprocessing to the training cache's (SimpleITK) on real cases."""
+that imports only TensorFlow, must give evaluate.py's labels voxel for voxel and its
+probabilities within 1e-5, on real hippocampus cases and on synthetic anisotropic,
+reoriented ones. A second test holds the graph's preprocessing to the training cache's
+(SimpleITK) on real cases."""
 
 import json
 import shutil

@@ -58,14 +58,28 @@ def run_train(workdir, cache_dir, *args, timeout=600, env=None):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A finished 40-step demo run with augmentation and validation: (workdir, completed process)."""
-    root = tmp_path_factory.mktemp("tiny_run")
-    out = run_train(root / "run", root / "cache", "--steps=40", "--validation_every=20",
-                    "--checkpoint_every=10", "--aug_elastic_p=0.3", "--aug_elastic_sigma=2",
-                    "--aug_flip_axes=2", "--aug_gamma_p=0.2", "--learning_rate=0.01")
-    assert out.returncode == 0, out.stderr[-4000:]
-    return root / "run", out
+def tiny_run(tmp_path_factory, worker_id):
+    """A finished 40-step demo run with augmentation and validation: (workdir, completed process).
+    Trained once per test session: pytest-xdist's workers share it through their common
+    temporary folder, the first to ask training it under a lock while the others wait. Tests
+    read it and write their outputs elsewhere."""
+    import fcntl
+    import json
+    import shutil
+    import subprocess
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    root, record = shared / "tiny_run", shared / "tiny_run.json"
+    with open(shared / "tiny_run.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.is_file():
+            shutil.rmtree(root, ignore_errors=True)  # what a failed attempt left
+            out = run_train(root / "run", root / "cache", "--steps=40", "--validation_every=20",
+                            "--checkpoint_every=10", "--aug_elastic_p=0.3", "--aug_elastic_sigma=2",
+                            "--aug_flip_axes=2", "--aug_gamma_p=0.2", "--learning_rate=0.01")
+            assert out.returncode == 0, out.stderr[-4000:]
+            record.write_text(json.dumps({"args": out.args, "stdout": out.stdout, "stderr": out.stderr}))
+    done = json.loads(record.read_text())
+    return root / "run", subprocess.CompletedProcess(done["args"], 0, done["stdout"], done["stderr"])
 
 
 def flagfile_config(name, monkeypatch, *extra):

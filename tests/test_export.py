@@ -15,6 +15,9 @@ import SimpleITK as sitk
 
 from conftest import REPO, subprocess_env
 
+# One worker runs the module: its tests share the module's export, made once.
+pytestmark = pytest.mark.xdist_group("export")
+
 
 def _export(workdir, base, *args):
     return subprocess.run([sys.executable, "export.py", f"--workdir={workdir}", f"--export_base={base}", *args],

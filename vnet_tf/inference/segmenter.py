@@ -207,12 +207,13 @@ class Segmenter(tf.Module):
         patch, channels, bs = self.patch, self.channels, self.inference.batch_size
         n = tf.size(x_starts)
         widths = tf.concat([x_starts[1:], [x_starts[-1] + patch[2]]], 0) - x_starts
-        window_spec = tf.TensorSpec([*patch, channels], tf.float32)
+        rows = tf.slice(volume, tf.stack([z, y, 0, 0]), [patch[0], patch[1], -1, channels])  # (pz, py, W, C)
 
         def batch(k, carry, carry_norm, pieces, norm_pieces):
             xs = x_starts[k * bs:tf.minimum((k + 1) * bs, n)]  # the last batch may hold fewer
-            patches = tf.map_fn(lambda x: tf.slice(volume, tf.stack([z, y, x, 0]), [*patch, channels]),
-                                xs, fn_output_signature=window_spec)
+            columns = xs[:, None] + tf.range(patch[2])[None, :]  # (b, px): each window's x indices
+            patches = tf.ensure_shape(tf.transpose(tf.gather(rows, columns, axis=2), [2, 0, 1, 3, 4]),
+                                      [None, *patch, channels])
             windows = self._mirrored(patches) * self.window_weights[..., None]
 
             def add(j, carry, carry_norm, pieces, norm_pieces):

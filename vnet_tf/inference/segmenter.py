@@ -201,9 +201,10 @@ class Segmenter(tf.Module):
     def _row(self, volume, z, y, x_starts):
         """The windows at ``(z, y, x)`` for every ``x`` of ``x_starts``, weighted by the
         importance map and summed: a strip ``(pz, py, W, K)`` and its summed weights
-        ``(pz, py, W)``. Along x the same streaming as :meth:`_blend`'s along z: a carry one
-        window wide takes each window, gives up the columns no later window reaches, and
-        moves on (sums of equal shapes and concatenations: no copy of anything larger)."""
+        ``(pz, py, W)``. Each batch's windows are gathered in one op from the row's slice of
+        the input ``(pz, py, W, C)``. Along x the same streaming as :meth:`_blend`'s along z: a
+        carry one window wide takes each window, gives up the columns no later window reaches,
+        and moves on (sums of equal shapes and concatenations: no copy of anything larger)."""
         patch, channels, bs = self.patch, self.channels, self.inference.batch_size
         n = tf.size(x_starts)
         widths = tf.concat([x_starts[1:], [x_starts[-1] + patch[2]]], 0) - x_starts

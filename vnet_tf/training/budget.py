@@ -108,10 +108,11 @@ class BudgetClock:
         low, high = self.recent_range or (self.recent, self.recent)
         self.recent_range = [min(low, self.recent), max(high, self.recent)]
         per_validation = (rates["seconds_per_validation"] or 0.0) if has_validation else 0.0
-        planned = plan_total_steps(step, max_steps, self.budget - self.elapsed(now), rates["seconds_per_step"],
+        spent = self.elapsed(now)
+        planned = plan_total_steps(step, max_steps, self.budget - spent, rates["seconds_per_step"],
                                    validation_every, per_validation)
         for mark in PLAN_MARKS:
-            if self.budget > 0 and self.elapsed(now) >= mark * self.budget:
+            if self.budget > 0 and spent >= mark * self.budget:
                 self.plans_at.setdefault(f"{mark:.0%}", planned)
         return planned
 

@@ -75,13 +75,15 @@ def read_run(workdir: PathLike) -> dict:
 
 
 def run_model_config(run: dict) -> VNetConfig:
-    """The model settings of a run (its config.json as a dict), computing in float32 whatever
-    the training precision: the weights are float32 either way."""
+    """The model settings of a run (its config.json as a dict) for inference: float32 whatever
+    the training precision (the weights are float32 either way), and no recomputation (a
+    training-memory setting that would only add gradient wrappers to the served graph)."""
     fields = dict(run["model"])
     for key in ("convs_left", "convs_right"):
         if fields.get(key) is not None:
             fields[key] = tuple(fields[key])
     fields["dtype_policy"] = None
+    fields["recompute"] = False
     return VNetConfig(**fields)
 
 

@@ -33,6 +33,7 @@ channel-wise ``SpatialDropout3D`` after every stage output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Optional, Sequence, Tuple
@@ -168,6 +169,13 @@ class VNetConfig:
       variant: ``paper`` or ``caffe`` (the official prototxt; see the module docstring).
       dtype_policy: Keras dtype policy for the layers, e.g. ``mixed_float16``;
         ``None`` uses the global policy. The softmax output is always float32.
+      recompute: recompute the instance / group normalisations and the PReLUs in the
+        backward pass instead of keeping their intermediates (``keras.RematScope`` on those
+        layers): less training memory for a little more compute, the same outputs and
+        gradients. Only these layers keep tensors that nothing else keeps: ReLU and ELU keep
+        their output, which the next convolution keeps anyway; batch normalisation and
+        dropout must not run twice (moving statistics, random masks). Float32 only (Keras
+        recomputes outside the mixed-precision cast). No effect outside training.
     """
 
     input_channels: int = 1
@@ -183,6 +191,7 @@ class VNetConfig:
     dropout: float = 0.0
     variant: str = "paper"
     dtype_policy: Optional[str] = None
+    recompute: bool = False
 
     def resolved(self) -> "VNetConfig":
         """Checks every option and fills the default conv counts; raises ``ValueError``."""
@@ -207,16 +216,24 @@ class VNetConfig:
             raise ValueError(
                 f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
             )
+        if not isinstance(self.recompute, bool):
+            raise ValueError(f"recompute must be True or False, got {self.recompute!r}")
         if isinstance(self.dropout, bool) or not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.dtype_policy is not None:
             try:
-                keras.dtype_policies.get(self.dtype_policy)
+                policy = keras.dtype_policies.get(self.dtype_policy)
             except (ValueError, TypeError) as err:
                 raise ValueError(
                     f"dtype_policy must name a Keras dtype policy such as 'float32', "
                     f"'mixed_float16' or 'mixed_bfloat16', got {self.dtype_policy!r}"
                 ) from err
+            if self.recompute and policy.compute_dtype != policy.variable_dtype:
+                raise ValueError(
+                    f"recompute works in float32 only, got dtype_policy {self.dtype_policy!r}: "
+                    f"Keras recomputes the layers outside their mixed-precision cast "
+                    f"(keras-team/keras#21448)"
+                )
         left = _conv_counts(
             "convs_left",
             self.convs_left or _default_convs_left(self.variant, self.depth),
@@ -264,17 +281,26 @@ class _Builder:
             return layers.BatchNormalization(dtype=self.dtype, name=f"{name}_bn")(x)
         channels = x.shape[-1]
         groups = channels if kind == "instance" else math.gcd(channels, self.cfg.norm_groups)
-        return layers.GroupNormalization(groups=groups, dtype=self.dtype, name=f"{name}_{kind}n")(x)
+        with self.recomputed():
+            layer = layers.GroupNormalization(groups=groups, dtype=self.dtype, name=f"{name}_{kind}n")
+        return layer(x)
 
     def act(self, x, name):
-        if self.cfg.activation == "prelu":
-            return layers.PReLU(
+        if self.cfg.activation != "prelu":
+            return layers.Activation(self.cfg.activation, dtype=self.dtype, name=f"{name}_{self.cfg.activation}")(x)
+        with self.recomputed():
+            layer = layers.PReLU(
                 alpha_initializer=keras.initializers.Constant(0.25),
                 shared_axes=[1, 2, 3],
                 dtype=self.dtype,
                 name=f"{name}_prelu",
-            )(x)
-        return layers.Activation(self.cfg.activation, dtype=self.dtype, name=f"{name}_{self.cfg.activation}")(x)
+            )
+        return layer(x)
+
+    def recomputed(self):
+        """The scope in which a stateless elementwise layer is created when ``recompute`` is on:
+        Keras then wraps its call in ``tf.recompute_grad`` (the mode is read at creation)."""
+        return keras.RematScope(mode="full") if self.cfg.recompute else contextlib.nullcontext()
 
     def conv_unit(self, x, filters, name, activate=True, **conv_kwargs):
         x = self.norm(self.conv(x, filters, name, **conv_kwargs), name)

@@ -109,6 +109,10 @@ class TrainConfig:
         self.preprocess.validate()
         self.optimizer.validate()
         averaging.check_momentum(self.weight_average)
+        if self.model.recompute and self.mixed_precision in ("mixed_float16", "mixed_bfloat16"):
+            raise UserError(f"recompute works in float32 only, got mixed_precision {self.mixed_precision!r}: Keras "
+                            f"recomputes the layers outside their mixed-precision cast (keras-team/keras#21448); "
+                            f"use mixed_precision none or auto (which then trains in float32), or recompute off")
         self.model.resolved()
         check_spatial_shape(self.patch_size_zyx, self.model.depth)
         PipelineConfig(self.patch_size_zyx, self.batch_size, self.foreground_fraction).validate()
@@ -257,11 +261,22 @@ class _Parts:
     num_classes: int
 
 
-def _build(config: TrainConfig, train_paths, val_paths, num_classes: int, log: Callable[[str], None]) -> _Parts:
-    store = CaseStore(train_paths)
+def _precision(config: TrainConfig, log: Callable[[str], None]) -> str:
+    """The mixed-precision policy to train in; ``auto`` picks float32 under ``recompute``,
+    which Keras cannot combine with mixed precision (see :meth:`TrainConfig.validate`)."""
     precision = resolve_mixed_precision(config.mixed_precision)
     if config.mixed_precision == "auto":
-        log(f"mixed precision auto: {precision}")
+        if config.model.recompute and precision != "none":
+            precision = "none"
+            log("mixed precision auto: none (recompute needs float32)")
+        else:
+            log(f"mixed precision auto: {precision}")
+    return precision
+
+
+def _build(config: TrainConfig, train_paths, val_paths, num_classes: int, log: Callable[[str], None]) -> _Parts:
+    store = CaseStore(train_paths)
+    precision = _precision(config, log)
     model_config = dataclasses.replace(config.model, input_channels=store.channels, num_classes=num_classes,
                                        dtype_policy=_mixed_policy(precision))
     resolved = {"train": config.to_dict(), "num_classes": num_classes, "input_channels": store.channels,
@@ -515,7 +530,8 @@ def _finished_summary(workdir: pathlib.Path, config: TrainConfig, meta: Optional
 
 def _check_same_run(config_file: pathlib.Path, settings: dict) -> None:
     """A workdir holds one run: resuming with other settings (apart from ``steps``,
-    ``time_budget_minutes`` and the workdir and cache folders, which may move) is an error."""
+    ``time_budget_minutes``, the workdir and cache folders, which may move, and
+    ``model.recompute``, which changes memory, not results) is an error."""
     if not config_file.is_file() or not (config_file.parent / run_files.CHECKPOINT).is_file():
         return
     try:
@@ -530,9 +546,11 @@ def _check_same_run(config_file: pathlib.Path, settings: dict) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
                 if f.default is not dataclasses.MISSING and not dataclasses.is_dataclass(f.default)}
     old = {**{k: v for k, v in defaults.items() if k in new}, **old}
-    for d in (old, new):  # the run's length and where its files live may change
+    for d in (old, new):  # the run's length, where its files live and its memory use may change
         for key in ("steps", "time_budget_minutes", "workdir", "cache_dir"):
             d.pop(key, None)
+        if isinstance(d.get("model"), dict):
+            d["model"] = {k: v for k, v in d["model"].items() if k != "recompute"}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         raise UserError(f"{config_file.parent} holds a run with other settings ({', '.join(changed)} differ); "

@@ -11,3 +11,6 @@ flags.DEFINE_list("convs_right", [], "convs per right stage (empty = the variant
 flags.DEFINE_enum("activation", "prelu", ["prelu", "relu", "elu"], "activation")
 flags.DEFINE_enum("normalization", "instance", ["none", "batch", "instance", "group"], "layer normalisation")
 flags.DEFINE_float("dropout", 0.0, "channel dropout after every stage", lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_bool("recompute", False, "recompute the instance / group normalisations and PReLUs in the backward pass "
+                  "instead of keeping their intermediates: less training memory, the same results; float32 only "
+                  "(--mixed_precision=auto then trains in float32)")

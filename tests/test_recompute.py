@@ -80,7 +80,7 @@ def test_inference_never_recomputes_and_the_option_is_checked():
         build_vnet(**TINY, recompute=True, dtype_policy="mixed_bfloat16")
     config = loop.TrainConfig(data_dir="d", workdir="w", mixed_precision="mixed_float16",
                               model=VNetConfig(**TINY, recompute=True), patch_size_zyx=(16, 16, 16))
-    with pytest.raises(UserError, match="recompute works in float32 only, got mixed_precision 'mixed_float16'"):
+    with pytest.raises(ValueError, match="recompute works in float32 only, got dtype_policy 'mixed_float16'"):
         config.validate()
 
 

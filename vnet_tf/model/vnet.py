@@ -232,7 +232,8 @@ class VNetConfig:
                 raise ValueError(
                     f"recompute works in float32 only, got dtype_policy {self.dtype_policy!r}: "
                     f"Keras recomputes the layers outside their mixed-precision cast "
-                    f"(keras-team/keras#21448)"
+                    f"(keras-team/keras#21448); train in float32 (mixed_precision none or auto), "
+                    f"or leave recompute off"
                 )
         left = _conv_counts(
             "convs_left",

@@ -109,11 +109,10 @@ class TrainConfig:
         self.preprocess.validate()
         self.optimizer.validate()
         averaging.check_momentum(self.weight_average)
-        if self.model.recompute and self.mixed_precision in ("mixed_float16", "mixed_bfloat16"):
-            raise UserError(f"recompute works in float32 only, got mixed_precision {self.mixed_precision!r}: Keras "
-                            f"recomputes the layers outside their mixed-precision cast (keras-team/keras#21448); "
-                            f"use mixed_precision none or auto (which then trains in float32), or recompute off")
-        self.model.resolved()
+        # The model's own checks, under the policy an explicit mixed_precision sets (auto is
+        # resolved at build time, to float32 where the model needs it: see _precision).
+        explicit = None if self.mixed_precision == "auto" else _mixed_policy(self.mixed_precision)
+        dataclasses.replace(self.model, dtype_policy=explicit).resolved()
         check_spatial_shape(self.patch_size_zyx, self.model.depth)
         PipelineConfig(self.patch_size_zyx, self.batch_size, self.foreground_fraction).validate()
         dataclasses.replace(self.inference, patch_size_zyx=self.patch_size_zyx).validate()
@@ -263,7 +262,7 @@ class _Parts:
 
 def _precision(config: TrainConfig, log: Callable[[str], None]) -> str:
     """The mixed-precision policy to train in; ``auto`` picks float32 under ``recompute``,
-    which Keras cannot combine with mixed precision (see :meth:`TrainConfig.validate`)."""
+    which Keras cannot combine with mixed precision (see :meth:`VNetConfig.resolved`)."""
     precision = resolve_mixed_precision(config.mixed_precision)
     if config.mixed_precision == "auto":
         if config.model.recompute and precision != "none":

@@ -47,14 +47,19 @@ TINY_TRAIN = ["--demo_cases=6", "--patch_size=16,16,16", "--depth=3", "--base_wi
               "--batch_size=2", "--num_folds=3", "--fold=0", "--progress=false"]
 
 
-def run_train(workdir, cache_dir, *args, timeout=600, env=None):
+def run_command(command, *args):
+    """``python <command>.py *args`` run in this process (tests/commands_in_process.py), as a
+    CompletedProcess: for the tests where a separate process is not the point."""
     import subprocess
-    import sys
-    cmd = [sys.executable, "train.py", "--flagfile=configs/demo.flags", *TINY_TRAIN, *args,
-           f"--workdir={workdir}", f"--cache_dir={cache_dir}"]
-    run_env = env or subprocess_env()
-    run_env.pop("TF_ENABLE_ONEDNN_OPTS", None) if env is None else None
-    return subprocess.run(cmd, cwd=REPO, env=run_env, capture_output=True, text=True, encoding="utf-8", timeout=timeout)
+    from commands_in_process import run_case
+    result = run_case(command, args)
+    return subprocess.CompletedProcess([f"{command}.py", *map(str, args)], result["code"], result["stdout"],
+                                       result["stderr"])
+
+
+def run_train(workdir, cache_dir, *args):
+    return run_command("train", "--flagfile=configs/demo.flags", *TINY_TRAIN, *args, f"--workdir={workdir}",
+                       f"--cache_dir={cache_dir}")
 
 
 @pytest.fixture(scope="session")

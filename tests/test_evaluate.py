@@ -4,20 +4,17 @@ few hippocampus cases."""
 import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import SimpleITK as sitk
 
-from conftest import REPO, subprocess_env
+from conftest import run_command
 from vnet_tf.data.demo_data import write_demo_dataset
 from vnet_tf.core.io import read_volume, write_volume
 
 
 def _evaluate(*args):
-    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, encoding="utf-8", timeout=600)
+    return run_command("evaluate", *args)
 
 
 def test_scores_existing_predictions_and_reports_failures(tmp_path):

@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_command, subprocess_env
 
 # One worker runs the module: its tests share the module's export, made once.
 pytestmark = pytest.mark.xdist_group("export")
 
 
 def _export(workdir, base, *args):
-    return subprocess.run([sys.executable, "export.py", f"--workdir={workdir}", f"--export_base={base}", *args],
-                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=600)
+    return run_command("export", f"--workdir={workdir}", f"--export_base={base}", *args)
 
 
 @pytest.fixture(scope="module")
@@ -349,9 +348,8 @@ def test_evaluate_accepts_an_exported_saved_model(exported, tmp_path):
     data = run.parent / "cache" / "demo_data_6"
     scores = {}
     for name, model in (("workdir", run), ("saved_model", version)):
-        out = subprocess.run([sys.executable, "evaluate.py", f"--model={model}", f"--data_dir={data}",
-                              f"--output_dir={tmp_path / name}", "--fold=0", "--num_folds=3", "--figures=false"],
-                             cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=600)
+        out = run_command("evaluate", f"--model={model}", f"--data_dir={data}", f"--output_dir={tmp_path / name}",
+                          "--fold=0", "--num_folds=3", "--figures=false")
         assert out.returncode == 0, out.stderr[-3000:]
         scores[name] = {(r["case_id"], r["label"]): float(r["dice"]) for r in csv.DictReader(open(tmp_path / name / "metrics.csv"))}
     assert scores["workdir"].keys() == scores["saved_model"].keys() and scores["workdir"]
@@ -405,7 +403,6 @@ def test_an_ensemble_of_different_patch_sizes_is_refused_before_writing(tiny_run
     (other / "config.json").write_text(json.dumps(config))
     (other / "best.npz").write_bytes((run / "best.npz").read_bytes())
     base = tmp_path / "base"
-    out = subprocess.run([sys.executable, "export.py", f"--workdir={run},{other}", f"--export_base={base}"],
-                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=600)
+    out = _export(f"{run},{other}", base)
     assert out.returncode != 0 and f"{other} cannot be ensembled with {run}: its patch size differs" in out.stderr
     assert "Traceback" not in out.stderr and not base.exists()

@@ -1,8 +1,7 @@
 """The fault matrix: what a user sees for each bad input, broken file or failing disk.
 
 Every row builds one faulty input on tiny data and runs the command as its command line
-does (``tests/commands_in_process.py``: one process per command for all its rows). Each
-must end with the exit code and the words listed, never a traceback, and must leave the
+does, in the test's process (``tests/commands_in_process.py``). Each must end with the exit code and the words listed, never a traceback, and must leave the
 results it found in place. Kills during training and export are in test_train.py
 (``test_kill_and_resume_gives_identical_weights``) and test_export.py
 (``test_versions_and_killed_export``); the serving requests in test_export.py.
@@ -15,13 +14,13 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_TRAIN, subprocess_env
+from commands_in_process import run_case
+from conftest import TINY_TRAIN
 
 # One worker runs the whole matrix: its rows share module fixtures that cost a run each.
 pytestmark = pytest.mark.xdist_group("fault_matrix")
@@ -157,15 +156,9 @@ def _refuses_writes(folder):
     return False
 
 
-def _run_rows(command, rows, tmp):
-    """Runs ``rows`` (name -> argv) of ``command`` in one process; name -> result."""
-    names = list(rows)
-    cases, results = tmp / f"{command}_cases.json", tmp / f"{command}_results.json"
-    cases.write_text(json.dumps([rows[n] for n in names]), encoding="utf-8")
-    out = subprocess.run([sys.executable, "tests/commands_in_process.py", command, str(cases), str(results)],
-                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=900)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return dict(zip(names, json.loads(results.read_text(encoding="utf-8"))))
+def _run_rows(command, rows):
+    """Runs ``rows`` (name -> argv) of ``command`` in this process; name -> result."""
+    return {name: run_case(command, argv) for name, argv in rows.items()}
 
 
 def _python_lines(stderr):
@@ -254,13 +247,13 @@ def train_rows(world):
     (good / ".checkpoint.npz.fresh.tmp").write_bytes(b"another process, now")
     os.utime(good / ".checkpoint.npz.fresh.tmp", (time.time() + 3600,) * 2)
     with _unwritable(root / "locked", root / "locked_cache") as locked:
-        first = _run_rows("train", rows, root)
+        first = _run_rows("train", rows)
     world["locked"] = locked
     good_state = {name: (good / name).read_bytes() for name in ("summary.json", "best.npz", "flags.txt")}
     _copy_run(good, runs / "trunc_ckpt", lambda r: _truncate(r / "checkpoint.npz"))
     _copy_run(good, runs / "rand_ckpt", lambda r: _random_bytes(r / "checkpoint.npz"))
     _copy_run(good, runs / "trunc_cfg", lambda r: _truncate(r / "config.json"))
-    second = _run_rows("train", later, root)
+    second = _run_rows("train", later)
     return {**first, **second}, good_state
 
 
@@ -368,7 +361,7 @@ def evaluate_rows(train_rows, world):
     (out / "locked").mkdir(parents=True)
     (out / "locked" / "summary.json").write_text('{"a": "previous report"}')
     with _unwritable(out / "locked"):
-        results = _run_rows("evaluate", rows, root)
+        results = _run_rows("evaluate", rows)
     return results, ids
 
 
@@ -453,7 +446,7 @@ def export_rows(train_rows, world):
         "good": [f"--workdir={good}", f"--export_base={base / 'ok'}"],
     }
     with _unwritable(base / "locked"):
-        return _run_rows("export", rows, root)
+        return _run_rows("export", rows)
 
 
 @pytest.mark.parametrize("name, words", [

@@ -3,14 +3,12 @@ ensemble or an export, in any supported format, each label map on its scan's gri
 scans reported by name while the others go on; finished scans skipped unless overwritten."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_command
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.io import read_volume, write_dicom_series, write_volume
 from vnet_tf.inference.prediction import Scan, find_scans, predict_scans
@@ -104,9 +102,7 @@ def test_channel_files_group_into_scans(tmp_path):
 
 def test_the_command_reports_the_failed_scan_and_exits_non_zero(tiny_run, scans, tmp_path):
     folder, _ = scans
-    out = subprocess.run([sys.executable, "predict.py", f"--model={tiny_run[0]}", f"--input={folder}",
-                          f"--output_dir={tmp_path / 'out'}"], cwd=REPO, env=subprocess_env(), capture_output=True,
-                         text=True, encoding="utf-8")
+    out = run_command("predict", f"--model={tiny_run[0]}", f"--input={folder}", f"--output_dir={tmp_path / 'out'}")
     assert out.returncode == 1, out.stderr[-3000:]
     assert "4 written, 0 already there" in out.stdout and "1 failed" in out.stdout
     assert "broken: " in out.stderr and "Traceback" not in out.stderr

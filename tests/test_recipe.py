@@ -1,4 +1,5 @@
-"""A short version of the hippocampus recipe: train -> evaluate on a handful of real cases."""
+"""A short version of the hippocampus recipe: train -> evaluate on a handful of real cases
+(evaluate.py as the README runs it, in its own process)."""
 
 import json
 import math
@@ -6,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_command, subprocess_env
 
 
 def test_short_hippocampus_recipe(hippocampus_dir, tmp_path):
@@ -21,11 +22,9 @@ def test_short_hippocampus_recipe(hippocampus_dir, tmp_path):
             os.symlink(hippocampus_dir / rel, subset / rel)
     (subset / "dataset.json").write_text(json.dumps({**meta, "training": entries, "numTraining": 8}))
     common = [f"--data_dir={subset}", "--num_folds=2", "--fold=0"]
-    train = subprocess.run(
-        [sys.executable, "train.py", "--flagfile=configs/hippocampus.flags", *common, "--steps=8",
-         "--base_width=4", "--validation_every=8", "--checkpoint_every=4", "--progress=false",
-         f"--workdir={tmp_path / 'run'}", f"--cache_dir={tmp_path / 'cache'}"],
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, encoding="utf-8", timeout=900)
+    train = run_command("train", "--flagfile=configs/hippocampus.flags", *common, "--steps=8", "--base_width=4",
+                        "--validation_every=8", "--checkpoint_every=4", "--progress=false",
+                        f"--workdir={tmp_path / 'run'}", f"--cache_dir={tmp_path / 'cache'}")
     assert train.returncode == 0, train.stderr[-3000:]
     evaluate = subprocess.run(
         [sys.executable, "evaluate.py", f"--model={tmp_path / 'run'}", f"--data_dir={subset}",

@@ -1,6 +1,6 @@
 """Serve exactly what is evaluated: for the preprocessing and inference settings of every
-shipped flagfile (the first with a weight average, served as "final"), a multi-channel run
-and an ensemble, a tiny model is exported, and the SavedModel, loaded in a clean process
+shipped flagfile (the first with a weight average, served as "final") and an ensemble of
+multi-channel runs, a tiny model is exported, and the SavedModel, loaded in a clean process
 that imports only TensorFlow, must give evaluate.py's labels voxel for voxel and its
 probabilities within 1e-5, on real hippocampus cases and on synthetic anisotropic,
 reoriented ones. A second test holds the graph's preprocessing to the training cache's
@@ -118,9 +118,9 @@ def test_the_saved_model_gives_evaluates_labels_and_probabilities(tiny_run, tmp_
     # The first flagfile's settings with a weight average: the export serves the average ("final").
     configs[FLAGFILES[0]] = ([_averaged_workdir(run, tmp_path / FLAGFILES[0], *settings[FLAGFILES[0]])], "final",
                              single + real)
-    configs["multichannel"] = ([_workdir(run, tmp_path / "multi", anisotropic, inf, patch, channels=2)], "best", multi)
-    twin = _workdir(run, tmp_path / "twin", pre, inf, patch, channels=1)
-    configs["ensemble"] = ([tmp_path / "hippocampus", twin], "best", single + real[:1])
+    # An ensemble of two two-channel runs (untrained, so their weights differ) with resampling.
+    members = [_workdir(run, tmp_path / f"multi{i}", anisotropic, inf, patch, channels=2) for i in range(2)]
+    configs["multichannel_ensemble"] = (members, "best", multi)
 
     jobs, expected = [], {}
     for name, (workdirs, which, cases) in configs.items():

@@ -85,14 +85,9 @@ def test_training_run_checkpoints_the_heads_and_deploys_without_them(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     with np.load(tmp_path / "run" / "checkpoint.npz") as data:
         heads = sorted(k for k in data.files if k.startswith("deep_supervision/"))
-        before = {k: data[k] for k in heads}
-    assert len(heads) == 2  # one head (kernel, bias) at depth 3
+    assert len(heads) == 2  # one head (kernel, bias) at depth 3; their exact resume: test_train.py's kill test
     config = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert config["deep_supervision"] == 1 and config["batch_dice"] and not config["dice_squared"]
-    resumed = run_train(tmp_path / "run", tmp_path / "cache", "--steps=8", *args)
-    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
-    with np.load(tmp_path / "run" / "checkpoint.npz") as data:
-        assert any(not np.array_equal(before[k], data[k]) for k in heads)  # the heads kept training
     from vnet_tf.inference.workdir import restore_model
     model, _ = restore_model(tmp_path / "run", "final")  # what evaluation and export use
     assert len(model.outputs) == 1 and not any(l.name.startswith("deep_supervision") for l in model.layers)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_train, subprocess_env
+from conftest import REPO, run_command, run_train, subprocess_env
 from vnet_tf.model.checkpoint import read_meta
 
 
@@ -49,10 +49,12 @@ def _weights(path):
 
 
 def test_kill_and_resume_gives_identical_weights(tmp_path):
+    """With every part of the state a checkpoint carries: the optimiser, the random augmentation
+    and dropout, the weight average and the deep-supervision heads."""
     args = ["--steps=16", "--checkpoint_every=4", "--validation_every=100", "--deterministic",
             "--aug_elastic_p=0.5", "--aug_elastic_sigma=2", "--aug_noise_p=0.5", "--aug_flip_axes=0,1,2",
             "--aug_lowres_p=0.5", "--aug_gamma_inverted_p=0.5", "--aug_gamma_retain_stats",
-            "--dropout=0.1"]
+            "--dropout=0.1", "--weight_average=0.9", "--deep_supervision=1"]
     cache = tmp_path / "cache"
     whole = run_train(tmp_path / "whole", cache, *args)
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -74,24 +76,33 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
     assert "resumed from" in resumed.stdout and f"at step {killed_at}" in resumed.stdout
     a, b = _weights(tmp_path / "whole" / "checkpoint.npz"), _weights(checkpoint)
     assert a.keys() == b.keys()
+    groups = {key.split("/")[0] for key in a}
+    assert {"model", "optimizer", "augmentation", "weight_average", "weight_average_updates",
+            "deep_supervision"} <= groups, groups
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert read_meta(checkpoint)["step"] == 16
 
 
-def test_run_written_before_a_setting_existed_resumes_with_its_default(tmp_path):
-    from vnet_tf.training.loop import train
-    config = _tiny_config(tmp_path, steps=2, checkpoint_every=2)
-    train(config, log=lambda s: None, progress=False)
-    config_file = tmp_path / "run" / "config.json"
+def test_run_written_before_a_setting_existed_resumes_with_its_default(tiny_run, tmp_path):
+    """A copy of the shared 40-step run whose config.json lacks settings added later resumes
+    with their defaults; a setting given now that differs from the run's is refused."""
+    import shutil
+    run, done = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config_file = copy / "config.json"
     written = json.loads(config_file.read_text())
     for key in ("dice_squared", "batch_dice", "deep_supervision"):  # added in a later version
         del written["train"][key]
     config_file.write_text(json.dumps(written))
-    summary = train(dataclasses.replace(config, steps=3), log=lambda s: None, progress=False)
-    assert summary["resumed_from_step"] == 2 and summary["steps"] == 3
-    with pytest.raises(ValueError, match="batch_dice differ"):
-        train(dataclasses.replace(config, steps=4, batch_dice=True), log=lambda s: None, progress=False)
+    argv = [a for a in done.args[1:] if not a.startswith(("--workdir=", "--steps="))] + [f"--workdir={copy}"]
+    resumed = run_command("train", *argv, "--steps=41")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 40 and summary["steps"] == 41
+    refused = run_command("train", *argv, "--steps=42", "--batch_dice")
+    assert refused.returncode == 2 and "batch_dice differ" in refused.stderr, refused.stderr[-3000:]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,11 +1,12 @@
-"""Serve exactly what is evaluated: for the preprocessing and inference settings of every
-shipped flagfile (the first with a weight average, served as "final") and an ensemble of
+"""Serve exactly what is evaluated: for the preprocessing and inference settings of the
+shipped flagfiles (the first with a weight average, served as "final") and an ensemble of
 multi-channel runs, a tiny model is exported, and the SavedModel, loaded in a clean process
 that imports only TensorFlow, must give evaluate.py's labels voxel for voxel and its
 probabilities within 1e-5, on real hippocampus cases and on synthetic anisotropic,
 reoriented ones. A second test holds the graph's preprocessing to the training cache's
 (SimpleITK) on real cases."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -15,9 +16,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import HIPPOCAMPUS, flagfile_config
+from conftest import HIPPOCAMPUS, REPO, flagfile_config
 
-FLAGFILES = ("demo", "hippocampus", "hippocampus_paper", "promise12_paper")
+# Every shipped flagfile's settings: hippocampus_paper's and hippocampus_ds' are combinations of
+# these (the test checks it), so their exports would repeat what these show.
+FLAGFILES = ("demo", "hippocampus", "promise12_paper")
 TOLERANCE = 1e-5
 
 
@@ -109,6 +112,13 @@ def test_the_saved_model_gives_evaluates_labels_and_probabilities(tiny_run, tmp_
     run, _ = tiny_run
     settings = {name: flagfile_settings(name, monkeypatch) for name in FLAGFILES}
     pre, inf, patch = settings["hippocampus"]
+    shipped = sorted(path.stem for path in (REPO / "configs").glob("*.flags"))
+    assert shipped == sorted(FLAGFILES + ("hippocampus_ds", "hippocampus_paper")), shipped
+    assert flagfile_settings("hippocampus_ds", monkeypatch) == (pre, inf, patch)
+    # The recipe's settings without test-time mirroring and post-processing, as the demo's.
+    assert flagfile_settings("hippocampus_paper", monkeypatch) == (
+        pre, dataclasses.replace(inf, mirror_axes=settings["demo"][1].mirror_axes,
+                                 postprocess=settings["demo"][1].postprocess), patch)
     single = [_synthetic_case(tmp_path / f"synthetic{i}.nii.gz", rng) for i in range(2)]
     real = sorted((HIPPOCAMPUS / "imagesTr").glob("hippocampus_*.nii.gz"))[:1] if HIPPOCAMPUS.is_dir() else []
     multi = [_synthetic_case(tmp_path / "multi.nrrd", rng, channels=2)]

@@ -107,14 +107,14 @@ def flagfile_config(name, monkeypatch, *extra):
         flags.FLAGS.unparse_flags()
 
 
-# The longest tests (30-90 s each on the reference machine), longest first, run before the rest, so that the two workers
-# of pytest.ini start on them together and the short ones fill in at the end; in collection
-# order they could fall to one worker last and leave the other idle.
+# The longest tests (13-70 s each on the reference machine), longest first, run before the
+# rest, so that the two workers of pytest.ini start on them together and the short ones fill
+# in at the end; in collection order they could fall to one worker last and leave the other idle.
 SLOW = ("test_the_saved_model_gives_evaluates_labels_and_probabilities", "test_kill_and_resume_gives_identical_weights",
-        "test_time_budget_ends_the_run_and_its_schedule", "test_short_hippocampus_recipe",
-        "test_a_run_saves_the_average_validates_with_it_and_resumes_it", "test_tiny_vnet_learns_a_sphere",
-        "test_training_run_checkpoints_the_heads_and_deploys_without_them",
-        "test_mirrored_strategy_over_two_logical_cpus", "test_multi_worker_strategy_two_processes")
+        "test_multi_worker_strategy_two_processes", "test_short_hippocampus_recipe",
+        "test_time_budget_ends_the_run_and_its_schedule", "test_segmenting_a_large_scan_holds_less_than_its_class_sums",
+        "test_mirrored_strategy_over_two_logical_cpus", "test_an_ensemble_and_an_export_give_the_workdirs_labels",
+        "test_tiny_vnet_learns_a_sphere")
 
 
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument

@@ -215,12 +215,14 @@ def test_versions_and_killed_export(tiny_run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not [p for p in base.iterdir() if p.name.isdigit()], list(base.iterdir())
-    from vnet_tf.serving.exporter import export_run
-    for expected in ("1", "2"):
-        assert export_run(run, base) == base / expected
-        assert (base / expected / "saved_model.pb").is_file()
+    from vnet_tf.serving.exporter import export_run, next_version
+    assert export_run(run, base) == base / "1"
+    assert (base / "1" / "saved_model.pb").is_file()
     with pytest.raises(ValueError, match="exists; pick another version"):
-        export_run(run, base, version=2)
+        export_run(run, base, version=1)
+    (base / "7").mkdir()
+    (base / "10a").mkdir()  # not a version
+    assert next_version(base) == 8
 
 
 class _FakeRest(http.server.BaseHTTPRequestHandler):

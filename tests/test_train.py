@@ -3,6 +3,7 @@ flag checks, mixed precision."""
 
 import dataclasses
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,7 +88,6 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
 def test_run_written_before_a_setting_existed_resumes_with_its_default(tiny_run, tmp_path):
     """A copy of the shared 40-step run whose config.json lacks settings added later resumes
     with their defaults; a setting given now that differs from the run's is refused."""
-    import shutil
     run, done = tiny_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)

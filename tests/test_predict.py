@@ -107,7 +107,7 @@ def test_the_command_reports_the_failed_scan_and_exits_non_zero(tiny_run, scans,
     assert "4 written, 0 already there" in out.stdout and "1 failed" in out.stdout
     assert "broken: " in out.stderr and "Traceback" not in out.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "int16.nii.gz", "int16_dicom.nii.gz", "scan.nii.gz", "scan_mha.nii.gz"]
+        ".lock", "int16.nii.gz", "int16_dicom.nii.gz", "scan.nii.gz", "scan_mha.nii.gz"]
 
 
 def test_the_output_format_is_a_volume_format_or_the_scans_own():

@@ -64,11 +64,18 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
            "--depth=3", "--base_width=4", "--batch_size=2", "--num_folds=3", "--progress=false", *args,
            f"--workdir={tmp_path / 'killed'}", f"--cache_dir={cache}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed" / "checkpoint.npz"
+    lock, checkpoint = tmp_path / "killed" / ".lock", tmp_path / "killed" / "checkpoint.npz"
     deadline = time.time() + 300
+    while not (lock.is_file() and f'"pid": {proc.pid}' in lock.read_text()) and proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    # A second train.py on the workdir while the first holds it: refused, naming the holder.
+    second = run_train(tmp_path / "killed", cache, *args)
+    assert second.returncode == 2 and f"in use by another process: pid {proc.pid} on host" in second.stderr, \
+        second.stderr[-3000:]
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)  # its lock goes with it: the resume below takes the workdir over
     proc.wait()
     killed_at = read_meta(checkpoint)["step"]
     assert killed_at < 16, "the run finished before it could be killed"

@@ -12,7 +12,10 @@ per label over the cases in ``dice_hd95.png``; :mod:`vnet_tf.evaluation.figures`
 A case that fails (unreadable file, geometry mismatch, a missing or ambiguous prediction,
 a reference label holding values outside the classes) is reported in ``failed`` with the
 reason and skipped; the others are still scored. The output folder is checked to be
-writable before any case is predicted.
+writable before any case is predicted, and locked while it is written
+(:mod:`vnet_tf.core.lock`); an earlier evaluation's report found there moves into
+``superseded/`` before the first prediction is written, so that no report describes
+predictions it did not score.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import sys
 import time
 from typing import Callable, List, Optional, Sequence
@@ -34,6 +38,7 @@ from vnet_tf.inference.segmenter import InferenceConfig
 from vnet_tf.core.errors import UserError, describe
 from vnet_tf.evaluation.figures import case_figure, metric_plot
 from vnet_tf.core.folders import VOLUME_TEMPORARIES, atomic_write_text, remove_stale, writable_folder
+from vnet_tf.core.lock import folder_lock
 from vnet_tf.core.io import PathLike, case_stem, read_image, read_volume, volume_suffix, write_volume
 from vnet_tf.core.labels import value_problem
 from vnet_tf.evaluation.metrics import METRICS, case_metrics, summarize
@@ -43,6 +48,9 @@ from vnet_tf.inference.segmentation import SegmentFunction, predict_case
 CSV_FIELDS = ("case_id", "label") + METRICS + ("distances_missing",)
 PARTIAL_CSV = "metrics.partial.csv"
 REPORT_TEMPORARIES = (".*.json.*.tmp",)
+# An evaluation's report, summary.json first: what set_aside_report moves into SUPERSEDED.
+REPORT_FILES = ("summary.json", "metrics.csv", PARTIAL_CSV, "figures")
+SUPERSEDED = "superseded"
 
 
 def find_prediction(predictions_dir: pathlib.Path, case_id: str) -> pathlib.Path:
@@ -96,9 +104,37 @@ def evaluate_cases(cases: Sequence[Case], output_dir: PathLike, labels: Sequence
     if (segment is None) == (predictions_dir is None):
         raise ValueError("give either segment (a model) or predictions_dir, not both or neither")
     out = writable_folder(output_dir, "output_dir")
-    writable_folder(out / "predictions", "output_dir")
-    remove_stale(out, REPORT_TEMPORARIES)
-    remove_stale(out / "predictions", VOLUME_TEMPORARIES)
+    with folder_lock(out, "output_dir"):
+        writable_folder(out / "predictions", "output_dir")
+        remove_stale(out, REPORT_TEMPORARIES)
+        remove_stale(out / "predictions", VOLUME_TEMPORARIES)
+        set_aside_report(out)
+        return _score_cases(cases, out, labels, segment, preprocess, inference, predictions_dir, settings,
+                            figures, progress)
+
+
+def set_aside_report(out: pathlib.Path) -> List[str]:
+    """Moves an earlier evaluation's report (:data:`REPORT_FILES`) from ``out`` into
+    ``out/superseded/`` (replacing what an evaluation before it left there), ``summary.json``
+    first: from now on the folder's predictions are replaced one by one, and no report may
+    describe them until the new one is written. Returns the names moved."""
+    found = [name for name in REPORT_FILES if (out / name).exists()]
+    if not found:
+        return []
+    aside = out / SUPERSEDED
+    if aside.exists():
+        shutil.rmtree(aside)
+    aside.mkdir()
+    for name in found:
+        os.replace(out / name, aside / name)
+    print(f"note: {out} held the report of an earlier evaluation; moved {', '.join(found)} into {aside}",
+          file=sys.stderr)
+    return found
+
+
+def _score_cases(cases, out: pathlib.Path, labels, segment, preprocess, inference, predictions_dir, settings,
+                 figures, progress) -> dict:
+    """:func:`evaluate_cases` with the output folder locked and cleared of an earlier report."""
     records, failed, timings = [], [], []
     started = time.perf_counter()
     rows = _RowWriter(out / PARTIAL_CSV)

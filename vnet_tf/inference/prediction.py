@@ -17,6 +17,7 @@ import numpy as np
 
 from vnet_tf.core.errors import UserError, describe
 from vnet_tf.core.folders import VOLUME_TEMPORARIES, remove_stale, writable_folder
+from vnet_tf.core.lock import folder_lock
 from vnet_tf.core.io import VOLUME_SUFFIXES, PathLike, case_stem, read_image, volume_suffix, write_volume
 from vnet_tf.inference.segmentation import SegmentFunction, predict_case
 
@@ -87,9 +88,18 @@ def predict_scans(scans: Sequence[Scan], segment: SegmentFunction, output_dir: P
                   log: Callable[[str], None] = print) -> PredictionReport:
     """Segments each scan and writes ``OUTPUT_DIR/<name><suffix>`` (and, with ``probabilities``,
     ``<name>_probabilities.nii.gz``: float32, one component per class). Returns what was
-    written, skipped (already there) and failed; a failure is logged and the rest go on."""
+    written, skipped (already there) and failed; a failure is logged and the rest go on. The
+    output folder is locked meanwhile (:mod:`vnet_tf.core.lock`)."""
     output_dir = writable_folder(output_dir, "output folder")
-    remove_stale(output_dir, VOLUME_TEMPORARIES)
+    with folder_lock(output_dir, "output folder"):
+        remove_stale(output_dir, VOLUME_TEMPORARIES)
+        return _predict_each(scans, segment, output_dir, postprocess, min_size, n4, suffix, probabilities,
+                             overwrite, log)
+
+
+def _predict_each(scans, segment, output_dir: pathlib.Path, postprocess, min_size, n4, suffix, probabilities,
+                  overwrite, log) -> PredictionReport:
+    """:func:`predict_scans` with the output folder locked."""
     report, started = PredictionReport(), time.perf_counter()
     for index, scan in enumerate(scans, start=1):
         target = output_path(output_dir, scan, suffix)

@@ -101,7 +101,8 @@ def run_configs(run: dict) -> Tuple[PreprocessConfig, InferenceConfig]:
 
 
 def restore_model(workdir: PathLike, which: str = "best"):
-    """``(model, run)``: the run's model (float32) with the weights ``which`` names; raises
+    """``(model, run)``: the run's model (float32) with the weights ``which`` names, and the
+    run's record with ``weights`` added (``which``, the file and its training step); raises
     when a file is missing or unreadable, or a variable is not restored."""
     if which not in WHICH:
         raise UserError(f"which must be one of {WHICH}, got {which!r}")
@@ -117,7 +118,8 @@ def restore_model(workdir: PathLike, which: str = "best"):
         raise FileNotFoundError(f"{path}: no such checkpoint (has the run validated / finished?)")
     # best.npz holds the average already; checkpoint.npz holds both.
     group = averaging.GROUP if which == "final" and averaged else "model"
-    _, count = restore_checkpoint(path, {group: model.variables}, only_groups=True)
+    meta, count = restore_checkpoint(path, {group: model.variables}, only_groups=True)
     if count != len(model.variables):
         raise UserError(f"{path}: restored {count} of {len(model.variables)} variables")
+    run["weights"] = {"which": which, "file": path.name, "step": meta.get("step")}
     return model, run

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.folders import EXPORT_TEMPORARIES, remove_stale, writable_folder
+from vnet_tf.core.lock import folder_lock
 from vnet_tf.inference.ensemble import training_cases
 from vnet_tf.inference.segmenter import DEFAULT_MAX_VOXELS, Segmenter
 from vnet_tf.core.io import PathLike
@@ -63,13 +64,22 @@ def export_run(workdir: Union[PathLike, Sequence[PathLike]], export_base: PathLi
     model, preprocess, inference, runs = load_workdirs(workdirs, which, inference_overrides, warn)
     run = dict(runs[0])
     run["train_cases"] = training_cases(runs)
+    run["weights"] = [dict(r["weights"], workdir=str(pathlib.Path(w).resolve())) for w, r in zip(workdirs, runs)]
     if preprocess.n4:
         raise UserError(f"{workdirs[0]}: the run corrects the bias field (N4) before inference, which the "
                         f"serving graph cannot do; evaluate the training workdir itself instead")
     module = VNetServing(Segmenter(model, preprocess, inference, run["input_channels"], run["num_classes"],
                                    max_voxels))
     writable_folder(export_base, "export_base")
-    remove_stale(export_base, EXPORT_TEMPORARIES)
+    with folder_lock(export_base, "export_base"):
+        remove_stale(export_base, EXPORT_TEMPORARIES)
+        return _save_version(module, export_base, version, workdirs, which, run, preprocess, inference, max_voxels)
+
+
+def _save_version(module: VNetServing, export_base: pathlib.Path, version: Optional[int], workdirs, which: str,
+                  run: dict, preprocess, inference, max_voxels: int) -> pathlib.Path:
+    """:func:`export_run`'s writing, with ``export_base`` locked: the version chosen, the
+    SavedModel and its assets written to a temporary folder, renamed into place."""
     version = next_version(export_base) if version is None else int(version)
     if version < 1:
         raise UserError(f"version must be a positive integer, got {version}")
@@ -77,6 +87,7 @@ def export_run(workdir: Union[PathLike, Sequence[PathLike]], export_base: PathLi
     if target.exists():
         raise UserError(f"{target} exists; pick another version or leave it out for the next free one")
     resolved = [str(pathlib.Path(w).resolve()) for w in workdirs]
+    weights = run["weights"][0] if len(run["weights"]) == 1 else run["weights"]
     workdirs_json = resolved[0] if len(resolved) == 1 else resolved
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base))
     try:
@@ -88,7 +99,7 @@ def export_run(workdir: Union[PathLike, Sequence[PathLike]], export_base: PathLi
             spacing = preprocess.target_spacing_zyx or (1.0, 1.0, 1.0)
             writer.write(warmup_record(example[..., 0] if run["input_channels"] == 1 else example, spacing))
         (tmp / "model" / "assets.extra" / RUN_FILE).write_text(json.dumps(
-            {"workdir": workdirs_json, "which": which, "num_classes": run["num_classes"],
+            {"workdir": workdirs_json, "which": which, "weights": weights, "num_classes": run["num_classes"],
              "input_channels": run["input_channels"], "train_cases": run.get("train_cases", []),
              "max_voxels": int(max_voxels),
              "train": {"preprocess": preprocess.to_dict(), "inference": inference.to_dict(),

@@ -35,6 +35,7 @@ from vnet_tf.data.cases import check_fold, find_cases, split_cases
 from vnet_tf.data.check import check_dataset
 from vnet_tf.model import deep_supervision as ds_lib
 from vnet_tf.core.folders import CHECKPOINT_TEMPORARIES, remove_stale, writable_folder
+from vnet_tf.core.lock import folder_lock
 from vnet_tf.inference.segmenter import InferenceConfig, Segmenter
 from vnet_tf.core.labels import MAX_CLASSES
 from vnet_tf.model.losses import DiceCELoss, DiceLoss, dice_per_class
@@ -197,7 +198,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     A workdir holds one run: rerunning it with other settings is refused, and rerunning a
     finished run changes nothing and returns its summary (``"already_finished": True``).
     ``replay_flags`` (the command's flags as text) is written to ``flags.txt`` once those
-    checks pass. Errors the user can fix are :class:`~vnet_tf.core.errors.UserError`.
+    checks pass. The workdir is locked for the whole call (:mod:`vnet_tf.core.lock`): a second
+    process training there is refused. Errors the user can fix are :class:`~vnet_tf.core.errors.UserError`.
 
     The parts, in order: :func:`_open_workdir` (checks), :func:`prepare_data` (data check and
     cache), :func:`_build` (model, optimiser, augmentation, loss inside the strategy's scope),
@@ -206,6 +208,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     :meth:`~_Run.finish` (final models, summary)."""
     config.validate()
     clock_start = time.perf_counter()
+    with folder_lock(writable_folder(config.workdir, "workdir"), "workdir"):
+        return _train(config, clock_start, log, progress, on_end, replay_flags)
+
+
+def _train(config: TrainConfig, clock_start: float, log: Callable[[str], None], progress: bool,
+           on_end: Optional[Callable], replay_flags: Optional[str]) -> dict:
+    """:func:`train` with the workdir locked."""
     workdir = _open_workdir(config, log)
     finished = _finished_summary(workdir, config, run_files.state_meta(workdir))
     if finished is not None:  # the caller says so (and which setting continues it)
@@ -235,7 +244,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
 def _open_workdir(config: TrainConfig, log: Callable[[str], None]) -> pathlib.Path:
     """The run's folder, checked before any work: writable (and the cache's), cleared of a
     stopped run's temporaries, and holding no run with other settings."""
-    workdir = writable_folder(config.workdir, "workdir")
+    workdir = pathlib.Path(config.workdir)
     writable_folder(config.cache_dir, "cache_dir")
     for stale in remove_stale(workdir, CHECKPOINT_TEMPORARIES):
         log(f"removed {stale.name}, a temporary file left by a stopped run")

@@ -86,7 +86,7 @@ EXPECTED = {
     "direction": "label direction",
     "outside": "label values [7] lie outside the declared classes 0..1",
     "fraction": "label values are not integers (found [0.5])",
-    "nan": "3 NaN or Inf intensities",
+    "nan": "expected finite values; found 3 NaN or infinite voxel(s)",
     "flat": "image is 2D",
     "fourd": "image has 2 channel(s) where 1 were declared",
     "zerospacing": "spacing has a zero or negative entry",

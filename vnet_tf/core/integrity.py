@@ -2,8 +2,8 @@
 
 Checked: NIfTI (``.nii``, ``.nii.gz``; NIfTI-1 and -2 headers) and MetaImage (``.mha``,
 ``.mhd`` with its data file, raw or zlib-compressed). For those, the voxel bytes that the
-header announces must all be present. NRRD and DICOM files are not checked here. :func:`nonfinite_count` finds the NaN / Inf
-values of float NIfTI files, which ITK's reader silently replaces by 0.
+header announces must all be present. NRRD and DICOM files are not checked here. :func:`nonfinite_problem` refuses NaN / Inf
+voxels, those of float NIfTI files included, which ITK's reader silently replaces by 0.
 """
 
 from __future__ import annotations
@@ -44,22 +44,65 @@ def _nifti_problem(path: pathlib.Path, data_bytes: int) -> Optional[str]:
     return None
 
 
+def _nifti_float_type(path: pathlib.Path) -> Optional[str]:
+    """The numpy type of a float NIfTI file's voxels (``"f4"``, ``"f8"``), from its header
+    alone; ``None`` for other voxel types or an unreadable header."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(16)
+    except (EOFError, OSError, zlib.error):
+        return None
+    if len(header) < 16:
+        return None
+    for endian in "<>":
+        (size,) = struct.unpack(endian + "i", header[:4])
+        if size in (348, 540):
+            break
+    else:
+        return None
+    if size == 348:
+        with opener(path, "rb") as handle:
+            header = handle.read(72)
+        datatype = struct.unpack(endian + "h", header[70:72])[0] if len(header) == 72 else None
+    else:
+        datatype = struct.unpack(endian + "h", header[12:14])[0]
+    return {16: "f4", 64: "f8"}.get(datatype)
+
+
 def nonfinite_count(path: pathlib.Path) -> Optional[int]:
     """NaN / Inf voxels stored in a float NIfTI file (ITK's reader turns NaN into 0, so the
-    decoded array cannot show them); ``None`` for other formats or unreadable files."""
+    decoded array cannot show them); ``None`` for other formats or unreadable files, 0 for
+    integer voxel types (read from the header only)."""
     path = pathlib.Path(path)
     if not path.name.lower().endswith((".nii", ".nii.gz")):
         return None
-    try:
-        content, endian, datatype, offset = _nifti_payload(path)
-    except (EOFError, OSError, zlib.error, struct.error):
-        return None
-    dtype = {16: "f4", 64: "f8"}.get(datatype)
+    dtype = _nifti_float_type(path)
     if dtype is None:
         return 0
+    try:
+        content, endian, _, offset = _nifti_payload(path)
+    except (EOFError, OSError, zlib.error, struct.error):
+        return None
     values = np.frombuffer(content, endian + dtype, count=(len(content) - offset) // int(dtype[1]),
                            offset=offset)
     return int(np.count_nonzero(~np.isfinite(values)))
+
+
+# The words every refusal of non-finite voxels uses: the data check, evaluate.py, predict.py
+# and the serving client (nonfinite_problem), and the serving graph's own check
+# (vnet_tf.inference.segmenter), which sees the request's array rather than a file.
+NONFINITE = "expected finite values; found {count} NaN or infinite voxel(s)"
+
+
+def nonfinite_problem(path, array: np.ndarray) -> Optional[str]:
+    """Why the scan read from ``path`` as ``array`` cannot be used, or ``None``: NaN or infinite
+    voxels, counted in the decoded array and, for float NIfTI files, in the file's own bytes
+    (which the reader has already replaced by 0). ``path`` may be ``None`` (an array only)."""
+    count = int(np.count_nonzero(~np.isfinite(array))) if np.asarray(array).dtype.kind == "f" else 0
+    if path is not None and str(path).lower().endswith((".nii", ".nii.gz")):
+        count = max(count, nonfinite_count(pathlib.Path(path)) or 0)
+    return NONFINITE.format(count=count) if count else None
 
 
 def _metaimage_problem(path: pathlib.Path, data_bytes: int) -> Optional[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
 import re
 from typing import Dict, List, Optional, Tuple
@@ -97,6 +98,13 @@ def _declared_labels(path: pathlib.Path, labels) -> Optional[Dict[int, str]]:
     return declared
 
 
+def _listed(root: pathlib.Path, entry: str) -> pathlib.Path:
+    """The absolute path of a file the index lists, as listed: ``..`` and ``.`` are folded but
+    symbolic links are not followed, so that the case is named by the listed file, never by a
+    link's target (the fold split hashes that name)."""
+    return pathlib.Path(os.path.normpath(os.path.abspath(root / entry)))
+
+
 def _msd(root: pathlib.Path) -> Dataset:
     index = _load_json(root / "dataset.json")
     if not isinstance(index.get("training"), list):
@@ -107,8 +115,8 @@ def _msd(root: pathlib.Path) -> Dataset:
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or \
                 not isinstance(entry.get("label") or "", str):
             raise UserError(f"{root / 'dataset.json'}: training entry {i}: expected {{'image': PATH, 'label': PATH}}, found {entry!r}")
-        image = (root / entry["image"]).resolve()
-        label = (root / entry["label"]).resolve() if entry.get("label") else None
+        image = _listed(root, entry["image"])
+        label = _listed(root, entry["label"]) if entry.get("label") else None
         cases.append(Case(case_stem(image), (image,), label))
     labels = _declared_labels(root / "dataset.json", index.get("labels"))
     modality = index.get("modality")

@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from vnet_tf.data.cases import LAYOUTS, Case, Dataset, find_cases
 from vnet_tf.core.errors import describe
-from vnet_tf.core.integrity import nonfinite_count
+from vnet_tf.core.integrity import nonfinite_problem
 from vnet_tf.core.io import Geometry, VolumeReadError, image_to_array, read_image
 from vnet_tf.core.labels import value_problem
 
@@ -124,20 +124,20 @@ def check_case(case: Case, num_classes: Optional[int] = None,
     return _check_case(case, num_classes, channels, require_label)[0]
 
 
-def _check_case(case: Case, num_classes, channels, require_label) -> Tuple[List[Problem], Set[int]]:
-    """The problems of one case and the values its label holds."""
+def _check_case(case: Case, num_classes, channels, require_label) -> Tuple[List[Problem], Set[int], Optional[int]]:
+    """The problems of one case, the values its label holds and its channels (``None`` where
+    no image was read)."""
     problems: List[Problem] = []
     values: Set[int] = set()
     images = []
+    found = None
     for path in case.images:
         image = _read(path, case.case_id, "image", problems)
         if image is None or not _check_shape(image, path, case.case_id, "image", problems):
             continue
-        array = image_to_array(image)
-        bad = int(np.count_nonzero(~np.isfinite(array))) if array.dtype.kind == "f" else 0
-        bad = max(bad, nonfinite_count(path) or 0)  # NIfTI NaNs are zeroed by ITK on reading
-        if bad:
-            problems.append(Problem(case.case_id, str(path), f"{bad} NaN or Inf intensities"))
+        problem = nonfinite_problem(path, image_to_array(image))
+        if problem:
+            problems.append(Problem(case.case_id, str(path), problem))
         images.append((path, image))
     if images:
         found = sum(_channel_count(image) for _, image in images)
@@ -155,7 +155,7 @@ def _check_case(case: Case, num_classes, channels, require_label) -> Tuple[List[
         if images:
             _compare_grids(images[0][1], label, case.case_id, case.label, "label", problems)
         values = _check_label_values(label, case, num_classes, problems)
-    return problems, values
+    return problems, values, found
 
 
 def _compare_grids(reference, other, case_id, path, what, problems) -> None:
@@ -198,6 +198,20 @@ def _gap_problems(cases: Sequence[Case], values: Sequence[Set[int]]) -> List[Pro
             for case, case_values in zip(cases, values) if case_values & strays]
 
 
+def _channel_problems(cases: Sequence[Case], counts: Sequence[Optional[int]]) -> List[Problem]:
+    """Without declared channels, every case must have as many as the most common count (the
+    network takes one count): each case that differs is an error naming both counts."""
+    read = [c for c in counts if c is not None]
+    if len(set(read)) < 2:
+        return []
+    usual = max(sorted(set(read)), key=read.count)
+    return [Problem(case.case_id, str(case.images[0]),
+                    f"image has {found} channel(s) where {read.count(usual)} of the {len(read)} cases read have "
+                    f"{usual}; expected one channel count for the whole dataset (declare it: dataset.json "
+                    f"'modality', or --channels)")
+            for case, found in zip(cases, counts) if found is not None and found != usual]
+
+
 def check_dataset(dataset: Dataset, num_classes: Optional[int] = None,
                   channels: Optional[int] = None, workers: Optional[int] = None,
                   require_labels: Optional[bool] = None) -> CheckReport:
@@ -213,10 +227,12 @@ def check_dataset(dataset: Dataset, num_classes: Optional[int] = None,
         require_labels = any(c.label is not None for c in dataset.cases)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         per_case = list(pool.map(lambda c: _check_case(c, num_classes, channels, require_labels), dataset.cases))
-    problems = [p for case_problems, _ in per_case for p in case_problems]
-    values = [case_values for _, case_values in per_case]
+    problems = [p for case_problems, _, _ in per_case for p in case_problems]
+    values = [case_values for _, case_values, _ in per_case]
     if num_classes is None:
         problems += _gap_problems(dataset.cases, values)
+    if channels is None:
+        problems += _channel_problems(dataset.cases, [found for _, _, found in per_case])
     found = tuple(sorted(set().union(*values))) if values else ()
     return CheckReport(tuple(dataset.cases), tuple(problems), found, num_classes)
 

@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from vnet_tf.core.errors import UserError
+from vnet_tf.core.integrity import nonfinite_problem
 from vnet_tf.core.io import Geometry
 from vnet_tf.data.preprocess import n4_correct, split_channels
 
@@ -36,7 +37,13 @@ class ScanArrays:
 def scan_arrays(images: Sequence[sitk.Image], n4: bool = False, names: Sequence[str] = ()) -> ScanArrays:
     """Stacks the channels of ``images`` (one per channel file; each 3D, vector or 4D) into
     one array. All channels must share the first one's grid (``ValueError`` naming the file
-    otherwise). ``n4``: bias-field correct each channel first, as the run's preprocessing did."""
+    otherwise), and every voxel finite (:func:`~vnet_tf.core.integrity.nonfinite_problem`, which reads
+    a float NIfTI file named in ``names`` again: its NaNs were zeroed on reading). ``n4``:
+    bias-field correct each channel first, as the run's preprocessing did."""
+    for f, image in enumerate(images):
+        problem = nonfinite_problem(names[f] if f < len(names) else None, sitk.GetArrayViewFromImage(image))
+        if problem:
+            raise UserError(f"{names[f] if f < len(names) else 'input volume'}: {problem}")
     sources = [(f, c) for f, image in enumerate(images) for c in split_channels(image)]
     channels = [c for _, c in sources]
     reference = Geometry.of(channels[0])

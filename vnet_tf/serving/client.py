@@ -26,6 +26,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
+from vnet_tf.core.integrity import nonfinite_problem
 from vnet_tf.core.io import read_image, write_volume
 from vnet_tf.inference.segmentation import ScanArrays, postprocess_label, scan_arrays
 
@@ -46,8 +47,9 @@ def check_request(volume: np.ndarray, spacing_zyx, direction) -> Dict[str, np.nd
         raise ValueError(f"input volume: expected [D,H,W], [D,H,W,C] or [B,D,H,W,C]; got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise ValueError(f"input volume: expected numbers (sent as float32); got dtype {array.dtype}")
-    if not np.isfinite(array).all():
-        raise ValueError("input volume: expected finite values; found NaN or infinite voxels")
+    problem = nonfinite_problem(None, array) if array.dtype.kind == "f" else None
+    if problem:
+        raise ValueError(f"input volume: {problem}")
     spacing = np.asarray(spacing_zyx, np.float32).ravel()
     if spacing.size != 3 or not np.all(np.isfinite(spacing)) or not np.all(spacing > 0):
         raise ValueError(f"input spacing: expected 3 positive finite values (mm, z, y, x); got {spacing.tolist()}")

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from vnet_tf.data.cache import CachedCase, load_cached_case
+from vnet_tf.core.errors import UserError
 from vnet_tf.core.io import PathLike
 from vnet_tf.data.preprocess import crop_or_pad
 
@@ -70,12 +71,12 @@ class CaseStore:
             cases = list(pool.map(load_cached_case, self.paths))
         for path, case in zip(self.paths, cases):
             if case.label is None:
-                raise ValueError(f"cached case {path} has no label; training needs labelled cases")
+                raise UserError(f"cached case {path} has no label; training needs labelled cases")
         self.channels = int(cases[0].image.shape[-1])
         for path, case in zip(self.paths, cases):
             if case.image.shape[-1] != self.channels:
-                raise ValueError(f"cached case {path} has {case.image.shape[-1]} channels, "
-                                 f"expected {self.channels} like {self.paths[0]}")
+                raise UserError(f"cached case {path} has {case.image.shape[-1]} channels, "
+                                f"expected {self.channels} like {self.paths[0]}: one channel count for every case")
         rng = np.random.default_rng(0)
         self.locations = [self._foreground_locations(case.label, rng) for case in cases]
         total = sum(c.image.nbytes + c.label.nbytes for c in cases)

@@ -257,7 +257,7 @@ def test_a_refused_volume_raises_the_graphs_message_alone():
     volume[1, 2, 3] = np.nan
     with pytest.raises(ValueError) as err:
         segmenter_segment(seg)(volume, np.ones(3, np.float32), np.eye(3, dtype=np.float32).ravel())
-    assert str(err.value) == "input volume: expected finite values; found NaN or infinite voxels: 1"
+    assert str(err.value) == "input volume: expected finite values; found 1 NaN or infinite voxel(s)"
 
 
 def test_channels_on_different_grids_are_refused_naming_the_file():

@@ -23,6 +23,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from vnet_tf.core.integrity import NONFINITE
 from vnet_tf.inference import volume_ops
 from vnet_tf.data.preprocess import PreprocessConfig
 from vnet_tf.inference.segmentation import POSTPROCESS_MODES as POSTPROCESS
@@ -33,6 +34,9 @@ BLENDS = ("gaussian", "constant")
 # the smallest axis it accepts.
 DEFAULT_MAX_VOXELS = 48 * 1024 * 1024
 MIN_AXIS = 4
+# How far a request's direction may be from orthonormal (each entry of DᵀD - I): float32
+# cosines written by scanners and converters are within 1e-6; a sheared grid is refused.
+DIRECTION_TOLERANCE = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,10 +309,11 @@ class Segmenter(tf.Module):
                 "returns them); got", tf.size(direction), "values"]),
             tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(spacing)) & tf.reduce_all(spacing > 0), [
                 "input spacing: expected 3 positive finite values (mm, z, y, x); got", spacing]),
-            tf.debugging.Assert(finite, [
-                "input volume: expected finite values; found NaN or infinite voxels:",
+            tf.debugging.Assert(finite, [  # integrity.NONFINITE's words, the count between them
+                "input volume: " + NONFINITE.split("{count}")[0].rstrip(),
                 tf.cond(finite, lambda: tf.constant(0, tf.int64),  # counted only when some are not finite
-                        lambda: tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(volume)), tf.int64)))]),
+                        lambda: tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(volume)), tf.int64))),
+                NONFINITE.split("{count}")[1].lstrip()]),
             tf.debugging.Assert(tf.reduce_all(shape[:3] >= MIN_AXIS), [
                 f"input volume: expected at least {MIN_AXIS} voxels along each spatial axis; got shape", shape]),
         ]
@@ -319,11 +324,12 @@ class Segmenter(tf.Module):
             return tf.range(3), tf.zeros([3], tf.bool)
         matrix = tf.reshape(direction, (3, 3))
         perm, flips, valid = volume_ops.orientation_permutation(direction, code)
-        column_norms = tf.norm(tf.cast(matrix, tf.float64), axis=0)
-        ok = valid & tf.reduce_all(tf.abs(column_norms - 1.0) < 1e-3) & tf.reduce_all(tf.math.is_finite(direction))
+        matrix = tf.cast(matrix, tf.float64)
+        gram = tf.matmul(matrix, matrix, transpose_a=True)  # the identity for orthonormal columns
+        ok = valid & tf.reduce_all(tf.abs(gram - tf.eye(3, dtype=tf.float64)) < DIRECTION_TOLERANCE)
         check = tf.debugging.Assert(ok, [
-            "input direction: expected the 9 direction cosines of a scan (unit columns, each along a "
-            "different anatomical axis); got", direction])
+            "input direction: expected the 9 direction cosines of a scan (orthonormal columns within "
+            f"{DIRECTION_TOLERANCE:g}, each along a different anatomical axis); got", direction])
         with tf.control_dependencies([check]):
             return tf.identity(perm), tf.identity(flips)
 
@@ -342,16 +348,17 @@ class Segmenter(tf.Module):
         spacing_o = tf.gather(spacing, perm)
         size = tf.shape(oriented)[:3]
         target = self.preprocess.target_spacing_zyx
-        grid = size if target is None else volume_ops.resampled_size(size, spacing_o, target)
-        voxels = tf.reduce_prod(tf.cast(grid, tf.int64))
+        extent = tf.cast(size, tf.float64) if target is None else volume_ops.resampled_extent(size, spacing_o, target)
+        grid = volume_ops.grid_of(extent)
+        voxels = tf.reduce_prod(extent)  # float64: no overflow, however large the request's spacing
         limits = [
             tf.debugging.Assert(voxels <= self.max_voxels, [
                 f"input volume: at the spacing of the run it would hold more than the limit of this model, "
-                f"{self.max_voxels} voxels (the export's max_voxels); got a grid of", grid, "from shape",
+                f"{self.max_voxels} voxels (the export's max_voxels); got a grid of", extent, "from shape",
                 tf.shape(volume), "and spacing", spacing]),
             tf.debugging.Assert(tf.reduce_all(grid >= MIN_AXIS), [
                 f"input volume: at the spacing of the run it would be under {MIN_AXIS} voxels along an axis; "
-                "got a grid of", grid, "from shape", tf.shape(volume), "and spacing", spacing]),
+                "got a grid of", extent, "from shape", tf.shape(volume), "and spacing", spacing]),
         ]
         with tf.control_dependencies(limits):
             oriented = tf.identity(oriented)

@@ -91,7 +91,9 @@ class VNetServing(tf.Module):
                                          lambda: tf.expand_dims(volume, 0), lambda: volume])
         channel_ok = tf.logical_and(tf.rank(batched) == 5, tf.shape(batched)[-1] == channels)
         with tf.control_dependencies([tf.debugging.Assert(channel_ok, [
-                f"input volume: expected {channels} channel(s) on the last axis; got shape", tf.shape(volume)])]):
+                f"input volume: expected {channels} channel(s) on the last axis; got shape", tf.shape(volume)]),
+                tf.debugging.Assert(tf.shape(batched)[0] > 0, [
+                    "input volume: expected at least one scan in the batch; got shape", tf.shape(volume)])]):
             batched = tf.ensure_shape(tf.identity(batched), [None, None, None, None, channels])
         signature = [tf.TensorSpec([None, None, None], tf.int32)]
         if with_probabilities:

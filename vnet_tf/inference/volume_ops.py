@@ -57,11 +57,23 @@ def unorient(volume, perm, flips):
     return tf.transpose(tf.reverse(volume, _axes(flips)), tf.concat([inverse, tf.range(3, rank)], axis=0))
 
 
-def resampled_size(size, spacing, target: Sequence[float]):
-    """``max(1, round(size * spacing / target))`` per axis, in float64 (round half to even,
-    as Python's ``round`` in :func:`vnet_tf.data.preprocess.preprocess_case`)."""
+def resampled_extent(size, spacing, target: Sequence[float]):
+    """``max(1, round(size * spacing / target))`` per axis, float64 (round half to even, as
+    Python's ``round`` in :func:`vnet_tf.data.preprocess.preprocess_case`): the resampled grid
+    before any integer cast, so that a huge spacing cannot overflow it."""
     ratio = tf.cast(size, tf.float64) * tf.cast(spacing, tf.float64) / tf.constant(target, tf.float64)
-    return tf.maximum(tf.cast(tf.round(ratio), tf.int32), 1)
+    return tf.maximum(tf.round(ratio), 1.0)
+
+
+def grid_of(extent):
+    """``extent`` (float64 voxel counts) as int32, clipped to int32's range: the caller refuses
+    an extent over its voxel limit before any op allocates it."""
+    return tf.cast(tf.minimum(extent, float(2 ** 31 - 1)), tf.int32)
+
+
+def resampled_size(size, spacing, target: Sequence[float]):
+    """:func:`resampled_extent` as int32 (:func:`grid_of`)."""
+    return grid_of(resampled_extent(size, spacing, target))
 
 
 def resample(volume, from_spacing, to_spacing, new_size, nearest: bool = False):

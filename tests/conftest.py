@@ -99,9 +99,10 @@ def flagfile_config(name, monkeypatch, *extra):
     monkeypatch.chdir(REPO)
     monkeypatch.syspath_prepend(str(REPO))
     from vnet_tf.commands import train  # (defines the flags)
+    from vnet_tf.core import cli
     flags.FLAGS.unparse_flags()
     try:
-        flags.FLAGS(["train.py", f"--flagfile=configs/{name}", *extra])
+        flags.FLAGS(cli.expand_flagfiles(["train.py", f"--flagfile=configs/{name}", *extra])[0])
         return train.build_config(flags.FLAGS.data_dir or ".")
     finally:
         flags.FLAGS.unparse_flags()

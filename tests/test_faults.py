@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -106,7 +107,36 @@ def _faulty_datasets(demo, root):
 
     variant("truncated_dataset_json", truncate_index)
     variant("missing_image", lambda r: (r / "imagesTr" / f"{val_id}.nii.gz").unlink())
+
+    def two_channels(r):  # one 4D case of 2 channels among 1-channel cases, no modality declared
+        import SimpleITK as sitk
+        index = _dataset_json(r)
+        index.pop("modality", None)
+        _write_json(r, index)
+        path = r / "imagesTr" / f"{train_id}.nii.gz"
+        image = sitk.ReadImage(str(path))
+        sitk.WriteImage(sitk.JoinSeries([image, image]), str(path))
+
+    variant("two_channels_in_one_case_undeclared", two_channels)
+    variant("nan_voxel_in_validation_image", lambda r: _edit_image(r, val_id, _set_voxel(np.nan)))
+
+    def symlinked(r):  # every listed file a link to a store file of another name
+        store = r.parent / "store"
+        store.mkdir(exist_ok=True)
+        for i, path in enumerate(sorted([*(r / "imagesTr").iterdir(), *(r / "labelsTr").iterdir()])):
+            target = store / f"blob_{i}.nii.gz"
+            shutil.move(path, target)
+            path.symlink_to(target)
+
+    variant("symlinked_from_a_store", symlinked)
     return made, train_id, val_id
+
+
+def _edit_image(root, case_id, edit):
+    from vnet_tf.core.io import read_volume, write_volume
+    path = root / "imagesTr" / f"{case_id}.nii.gz"
+    array, geometry = read_volume(path)
+    write_volume(path, edit(array.astype(np.float32)), geometry)
 
 
 def _truncate(path):
@@ -208,6 +238,8 @@ TRAIN_DATA_ROWS = {  # dataset variant -> words of the message
     "labels_key_one": ["dataset.json: 'labels' keys must be class numbers", "['one']"],
     "truncated_dataset_json": ["dataset.json: not a readable JSON file"],
     "missing_image": ["missing image file"],
+    "two_channels_in_one_case_undeclared": ["image has 2 channel(s) where 5 of the 6 cases read have 1"],
+    "nan_voxel_in_validation_image": ["expected finite values; found 1 NaN or infinite voxel(s)"],
 }
 
 
@@ -262,7 +294,8 @@ def test_train_refuses_bad_data_before_training(train_rows, world, name):
     results, _ = train_rows
     _check(results[f"data: {name}"], 2, TRAIN_DATA_ROWS[name], name)
     workdir = world["root"] / "runs" / name
-    assert not any(workdir.glob("*")) if workdir.exists() else True, list(workdir.iterdir())
+    assert not [p for p in workdir.glob("*") if p.name != ".lock"] if workdir.exists() else True, \
+        list(workdir.iterdir())
 
 
 @pytest.mark.parametrize("name, words", [
@@ -307,7 +340,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(train_rows, world):
     results, _ = train_rows
     _check(results["good run"], 0, ["done: step 2"], "good run")
     left = sorted(p.name for p in (world["root"] / "runs" / "good").glob(".*"))
-    assert left == [".checkpoint.npz.fresh.tmp"], left  # newer than the process: not its to remove
+    assert left == [".checkpoint.npz.fresh.tmp", ".lock"], left  # newer than the process: not its to remove
 
 
 # ---------------------------------------------------------------- evaluate.py
@@ -357,6 +390,10 @@ def evaluate_rows(train_rows, world):
                                                 f"--output_dir={out / 'seven'}", "--figures=false"],
         "two predictions and a missing one": [f"--predictions_dir={preds}", f"--data_dir={demo}",
                                               f"--output_dir={out / 'preds'}", "--figures=false"],
+        "a NaN voxel in a scan": [model, f"--data_dir={world['data']['nan_voxel_in_validation_image']}",
+                                  f"--output_dir={out / 'nan'}", "--figures=false"],
+        "listed files are links": [model, f"--data_dir={world['data']['symlinked_from_a_store']}",
+                                   f"--output_dir={out / 'linked'}", "--figures=false"],
     }
     (out / "locked").mkdir(parents=True)
     (out / "locked" / "summary.json").write_text('{"a": "previous report"}')
@@ -399,7 +436,7 @@ def test_evaluate_writes_its_report_and_no_partial_file(evaluate_rows, world):
     out = world["root"] / "eval" / "good"
     rows = (out / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + 2 * len(ids)
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "predictions", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "metrics.csv", "predictions", "summary.json"]
 
 
 def test_evaluate_fails_the_case_whose_reference_holds_an_undeclared_value(evaluate_rows, world):
@@ -419,6 +456,37 @@ def test_evaluate_refuses_two_predictions_for_one_case_naming_both(evaluate_rows
     errors = {f["case_id"]: f["error"] for f in summary["failed"]}
     assert f"{ids[1]}.mha" in errors[ids[1]] and f"{ids[1]}.nii.gz" in errors[ids[1]]
     assert "no prediction for case" in errors[ids[0]]
+
+
+def test_evaluate_refuses_a_scan_with_a_nan_voxel(evaluate_rows, world):
+    """ITK reads a NIfTI NaN as 0; the scan is refused all the same, as the data check does."""
+    results, _ = evaluate_rows
+    _check(results["a NaN voxel in a scan"], 1, ["1 of 6 cases failed"], "nan")
+    summary = json.loads((world["root"] / "eval" / "nan" / "summary.json").read_text(encoding="utf-8"))
+    [failed] = summary["failed"]
+    assert failed["case_id"] == world["val_id"]
+    assert f"{world['val_id']}.nii.gz: expected finite values; found 1 NaN or infinite voxel(s)" in failed["error"]
+
+
+def test_cases_are_named_by_the_listed_files_not_their_links_targets(evaluate_rows, world):
+    from vnet_tf.data.cases import find_cases
+    linked, plain = (find_cases(world["data"]["symlinked_from_a_store"]), find_cases(world["demo"]))
+    assert [c.case_id for c in linked.cases] == [c.case_id for c in plain.cases]
+    assert all(c.images[0].is_symlink() and c.images[0].name.startswith(c.case_id) for c in linked.cases)
+    results, ids = evaluate_rows
+    _check(results["listed files are links"], 0, ["label 1: Dice"], "linked")
+    written = sorted(p.name for p in (world["root"] / "eval" / "linked" / "predictions").iterdir())
+    assert written == sorted(f"{i}.nii.gz" for i in ids)
+
+
+def test_predict_refuses_a_scan_with_a_nan_voxel_naming_it(train_rows, world):
+    images = world["data"]["nan_voxel_in_validation_image"] / "imagesTr"
+    out = world["root"] / "predict_nan"
+    result = run_case("predict", [f"--model={world['root'] / 'runs' / 'good'}", f"--input={images}",
+                                  f"--output_dir={out}"])
+    _check(result, 1, ["5 written", "1 failed", f"{world['val_id']}: ",
+                       f"{images / world['val_id']}.nii.gz: expected finite values; found 1 NaN"], "predict nan")
+    assert not (out / f"{world['val_id']}.nii.gz").exists()
 
 
 # ---------------------------------------------------------------- export.py
@@ -470,7 +538,13 @@ def test_export_errors_name_what_to_fix(export_rows, world, name, words):
 def test_export_removes_what_a_killed_export_left(export_rows, world):
     _check(export_rows["good"], 0, ["exported"], "good")
     base = world["root"] / "exports" / "ok"
-    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]  # the stale .tmp-2-* folder is gone
+    assert sorted(p.name for p in base.iterdir()) == [".lock", "1", "2"]  # the stale .tmp-2-* folder is gone
+    run_file = json.loads((base / "2" / "assets.extra" / "vnet_tf_run.json").read_text(encoding="utf-8"))
+    good = world["root"] / "runs" / "good"
+    from vnet_tf.model.checkpoint import read_meta
+    best_step = read_meta(good / "best.npz")["step"]
+    assert run_file["which"] == "best" and run_file["weights"] == {
+        "which": "best", "file": "best.npz", "step": best_step, "workdir": str(good.resolve())}
 
 
 # ---------------------------------------------------------------- python -m vnet_tf.data.check
@@ -483,6 +557,8 @@ CHECK_ROWS = {  # dataset variant -> (exit code, words)
     "validation_entry_without_label": (1, ["lists no label for this case"]),
     "labels_key_one": (2, ["'labels' keys must be class numbers"]),
     "truncated_dataset_json": (2, ["not a readable JSON file"]),
+    "two_channels_in_one_case_undeclared": (1, ["image has 2 channel(s) where 5 of the 6 cases read have 1"]),
+    "nan_voxel_in_validation_image": (1, ["expected finite values; found 1 NaN or infinite voxel(s)"]),
 }
 
 
@@ -557,7 +633,7 @@ def test_a_full_disk_during_export_leaves_no_version(train_rows, world, monkeypa
     monkeypatch.setattr(tf.saved_model, "save", full)
     with pytest.raises(OSError, match="No space left"):
         export_run(world["root"] / "runs" / "good", base)
-    assert list(base.iterdir()) == []
+    assert [p.name for p in base.iterdir()] == [".lock"]
 
 
 def test_commands_print_a_users_error_in_one_line_and_a_bug_with_its_traceback(capsys):
@@ -575,3 +651,124 @@ def test_commands_print_a_users_error_in_one_line_and_a_bug_with_its_traceback(c
     assert capsys.readouterr().err.startswith("error: /out/summary.json: No space left on device")
     with pytest.raises(KeyError):  # a bug is not dressed up as the user's error
         fails(KeyError("bug"))([])
+
+
+# ---------------------------------------------------------------- two processes, one folder
+
+_HOLDER = """
+import sys, time
+from vnet_tf.core.lock import folder_lock
+with folder_lock(sys.argv[1], "folder"):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def _held(folder):
+    """Another process holding ``folder``'s lock (as a running command would) until killed."""
+    from conftest import REPO, subprocess_env
+    folder.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], cwd=REPO, env=subprocess_env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_a_folder_in_use_is_refused_naming_its_holder_and_taken_over_once_it_is_killed(train_rows, world):
+    """evaluate.py, predict.py and export.py against a real second process holding their output
+    folder (train.py's workdir: test_train's kill-and-resume test, with a real train.py)."""
+    root, good = world["root"], world["root"] / "runs" / "good"
+    scan = world["demo"] / "imagesTr" / f"{world['val_id']}.nii.gz"
+    rows = {
+        "evaluate": (root / "lock_eval", lambda f: [f"--model={good}", f"--data_dir={world['demo']}",
+                                                    f"--output_dir={f}", "--figures=false", "--max_cases=1"]),
+        "predict": (root / "lock_predict", lambda f: [f"--model={good}", f"--input={scan}", f"--output_dir={f}"]),
+        "export": (root / "lock_export", lambda f: [f"--workdir={good}", f"--export_base={f}"]),
+    }
+    for command, (folder, argv) in rows.items():
+        with _held(folder) as holder:
+            refused = run_case(command, argv(folder))
+            _check(refused, 2, [f"{folder}: in use by another process: pid {holder.pid} on host",
+                                "a stopped process releases the folder by itself"], command)
+            assert [p.name for p in folder.iterdir()] == [".lock"], command  # nothing written
+            holder.kill()  # SIGKILL: no clean-up of its own
+            holder.wait()
+            _check(run_case(command, argv(folder)), 0, [], f"{command} after the holder was killed")
+    assert sorted(p.name for p in (root / "lock_export").iterdir()) == [".lock", "1"]
+
+
+def test_a_new_evaluation_sets_the_old_report_aside_before_its_first_prediction(world):
+    """A re-evaluation killed half way leaves no report beside predictions it replaced."""
+    from vnet_tf.data.cases import find_cases
+    from vnet_tf.data.preprocess import PreprocessConfig
+    from vnet_tf.evaluation.report import evaluate_cases
+    from vnet_tf.inference.segmenter import InferenceConfig
+
+    def constant(value):
+        return lambda volume, spacing, direction, probabilities=False: {
+            "labels": np.full(volume.shape[:3], value, np.int32)}
+
+    cases = find_cases(world["demo"]).cases[:3]
+    out = world["root"] / "reevaluated"
+    kwargs = dict(preprocess=PreprocessConfig(), inference=InferenceConfig(), figures=False)
+    evaluate_cases(cases, out, [1, 2], segment=constant(0), progress=lambda *_: None, **kwargs)
+    old = {name: (out / name).read_bytes() for name in ("summary.json", "metrics.csv")}
+
+    class Killed(BaseException):
+        pass
+
+    def killed(done, *_):
+        raise Killed
+
+    with pytest.raises(Killed):
+        evaluate_cases(cases, out, [1, 2], segment=constant(1), progress=killed, **kwargs)
+    assert not (out / "summary.json").exists() and not (out / "metrics.csv").exists()
+    assert {name: (out / "superseded" / name).read_bytes() for name in old} == old
+    from vnet_tf.core.io import read_volume
+    assert read_volume(out / "predictions" / f"{cases[0].case_id}.nii.gz")[0].max() == 1  # the new model's
+
+
+# ---------------------------------------------------------------- flagfiles
+
+def test_a_nested_flagfile_is_found_from_its_including_file_s_folder(tmp_path, monkeypatch, capsys):
+    from vnet_tf.core import cli
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs" / "sub").mkdir(parents=True)
+    (tmp_path / "configs" / "main.flags").write_text("# a comment\n--flagfile=sub/base.flags\n--steps=7\n")
+    (tmp_path / "configs" / "sub" / "base.flags").write_text("--steps=3\n\n// another comment\n--batch_size=2\n")
+    args, origins = cli.expand_flagfiles(["train.py", "--flagfile=configs/main.flags", "--seed=1"])
+    assert args == ["train.py", "--steps=3", "--batch_size=2", "--steps=7", "--seed=1"]
+    assert origins == [None, (pathlib.Path("configs/sub/base.flags"), 1), (pathlib.Path("configs/sub/base.flags"), 4),
+                       (pathlib.Path("configs/main.flags"), 3), None]
+    # A flagfile written for the working directory (as absl resolves) still reads, with a note.
+    (tmp_path / "configs" / "old.flags").write_text("--flagfile=configs/sub/base.flags\n")
+    assert cli.expand_flagfiles(["train.py", "--flagfile", "configs/old.flags"])[0] == [
+        "train.py", "--steps=3", "--batch_size=2"]
+    assert "note: configs/old.flags, line 1: configs/sub/base.flags is not in configs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("files, top, words", [
+    ({"self.flags": "--steps=2\n--flagfile={root}/self.flags\n"}, "self.flags",
+     ["self.flags, line 2: --flagfile=", "includes itself: {root}/self.flags -> {root}/self.flags"]),
+    ({"a.flags": "--flagfile=b.flags\n", "b.flags": "--steps=1\n--flagfile=a.flags\n"}, "a.flags",
+     ["b.flags, line 2: --flagfile=a.flags includes itself: {root}/a.flags -> {root}/b.flags -> {root}/a.flags"]),
+    ({"a.flags": "--steps=1\n--flagfile=nowhere.flags\n"}, "a.flags",
+     ["a.flags, line 2: --flagfile=nowhere.flags: cannot read {root}/nowhere.flags (No such file or directory)"]),
+    ({"a.flags": "--steps=1\n--no_such_flag=3\n"}, "a.flags",
+     ["no_such_flag", "(in {root}/a.flags, line 2)"]),
+    ({"a.flags": "--flagfile=b.flags\n", "b.flags": "--seed=0\n--steps=many\n"}, "a.flags",
+     ["--steps=many", "(in {root}/b.flags, line 2)"]),
+])
+def test_a_bad_flagfile_names_the_file_and_line(tmp_path, files, top, words):
+    root = tmp_path.resolve()
+    for name, text in files.items():
+        (root / name).write_text(text.format(root=root))
+    result = run_case("train", [f"--flagfile={root / top}"])
+    _check(result, 2, [w.format(root=root) for w in words], top)
+    assert "ERROR::" not in result["stderr"]

@@ -88,7 +88,8 @@ def render(commands: dict, without_flags: dict) -> str:
     out = ["# Flag reference", "",
            "Every flag of every command, generated from the code by `python tools/flag_reference.py`",
            "(a test fails when this file is out of date). absl commands also take `--flagfile=FILE`",
-           "(later flags override the file's) and `--helpfull`.", ""]
+           "(later flags override the file's; a `--flagfile=` line inside a flagfile is found from that",
+           "file's folder, and a file that includes itself is an error naming the chain) and `--helpfull`.", ""]
     for command, rows in commands.items():
         out += [f"## python {command}", ""]
         not_flags = without_flags.get(command)

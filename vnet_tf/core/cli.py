@@ -10,12 +10,14 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
+import pathlib
+import re
 import sys
-from typing import Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from absl import app, flags
 
-from vnet_tf.core.errors import describe
+from vnet_tf.core.errors import UserError, describe
 
 EXIT_USER_ERROR = 2
 
@@ -45,12 +47,94 @@ def guarded(main):
     return wrapped
 
 
-def parse_flags(argv):
-    """absl's flag parsing, with a bad flag reported as ``error: ...`` (no help text)."""
+_FLAGFILE = re.compile(r"^--?flagfile=(?P<path>.*)$")
+_FLAGFILE_ALONE = ("--flagfile", "-flagfile")
+Origin = Optional[Tuple[pathlib.Path, int]]  # (flagfile, line number) of an argument; None: the command line
+
+
+def _read_flagfile(text: str, base: Optional[pathlib.Path], chain: List[pathlib.Path], where: str,
+                   args: List[str], origins: List[Origin]) -> None:
+    """Appends the lines of the flagfile ``text`` names to ``args``: relative to ``base`` (the
+    including flagfile's folder; ``None``: the working directory), each nested ``--flagfile``
+    in turn; ``chain`` holds the files being read, ``where`` says who names this one."""
+    path = pathlib.Path(text).expanduser()
+    if base is not None and not path.is_absolute():
+        if not (base / path).is_file() and path.is_file():  # written for the working directory
+            print(f"note: {where}: {text} is not in {base}, the including flagfile's folder; read "
+                  f"{path.resolve()} from the working directory", file=sys.stderr)
+        else:
+            path = base / path
+    key = path.resolve()
+    if key in chain:
+        raise UserError(f"{where}: --flagfile={text} includes itself: "
+                        f"{' -> '.join(str(p) for p in [*chain, key])}")
     try:
-        return flags.FLAGS(argv)
-    except flags.Error as err:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise UserError(f"{where}: --flagfile={text}: cannot read {path.resolve()} ({reason})") from err
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith(("#", "//")):
+            continue
+        nested = _FLAGFILE.match(line)
+        if nested:
+            _read_flagfile(nested["path"], path.parent, [*chain, key], f"{path}, line {number}", args, origins)
+        else:
+            args.append(line)
+            origins.append((path, number))
+
+
+def expand_flagfiles(argv: Sequence[str]) -> Tuple[List[str], List[Origin]]:
+    """``(args, origins)``: ``argv`` with each ``--flagfile=PATH`` replaced by that file's flags
+    (in place, so that later flags override it, as absl does). A flagfile named on the command
+    line is found from the working directory; one named inside a flagfile from that flagfile's
+    folder (from the working directory where it is only there, with a note). A file that includes
+    itself, directly or not, or cannot be read is a :class:`UserError` naming the flagfile and
+    line that name it. ``origins[i]`` is the flagfile and line of ``args[i]``."""
+    args, origins = list(argv[:1]), [None]
+    rest = iter(argv[1:])
+    for arg in rest:
+        if arg == "--":
+            args += [arg, *rest]
+            origins += [None] * (len(args) - len(origins))
+            break
+        if arg in _FLAGFILE_ALONE:
+            arg = f"--flagfile={next(rest, '')}"
+        match = _FLAGFILE.match(arg)
+        if match:
+            _read_flagfile(match["path"], None, [], "the command line", args, origins)
+        else:
+            args.append(arg)
+            origins.append(None)
+    return args, origins
+
+
+def _bad_flag_origin(err: flags.Error, args: Sequence[str], origins: Sequence[Origin]) -> str:
+    """`` (in FILE, line N)`` for the flagfile line that set the flag ``err`` names, or ``""``."""
+    found = re.search(r"--(\w+)|flag '(\w+)'", str(err))
+    name = getattr(err, "flagname", None) or (found and (found[1] or found[2]))
+    if not name:
+        return ""
+    spellings = (f"--{name}", f"-{name}", f"--no{name}", f"-no{name}")
+    for arg, origin in reversed(list(zip(args, origins))):  # the last setting wins, as in absl
+        if arg.split("=")[0] in spellings:
+            return "" if origin is None else f" (in {origin[0]}, line {origin[1]})"
+    return ""
+
+
+def parse_flags(argv):
+    """absl's flag parsing after :func:`expand_flagfiles`, with a bad flag or flagfile reported as
+    ``error: ...`` naming the flagfile and line it came from (no help text)."""
+    try:
+        args, origins = expand_flagfiles(argv)
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    try:
+        return flags.FLAGS(args)
+    except flags.Error as err:
+        print(f"error: {err}{_bad_flag_origin(err, args, origins)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 

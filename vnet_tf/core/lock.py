@@ -10,7 +10,8 @@ How: the lock is an exclusive ``flock`` on ``FOLDER/.lock``, held through an ope
 long as the work lasts; the file also records the holder for the message. The kernel drops
 the lock when the holder exits or is killed (SIGKILL included), so a stopped run is resumed by
 running the same command again: the stale lock file is simply locked anew. The file itself
-stays (removing it would let two processes lock two different files of the same name).
+stays, emptied by a holder that ends normally (removing it would let two processes lock two
+different files of the same name).
 
 On a network file system this is as strong as the system's own locking: NFSv4 and Linux's
 NFSv3 client (through the lock manager) turn ``flock`` into a byte-range lock that every
@@ -80,6 +81,10 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[pathlib.Path]:
         handle.truncate()
         handle.write(json.dumps(holder))
         handle.flush()
-        yield path
+        try:
+            yield path
+        finally:
+            handle.seek(0)
+            handle.truncate()  # still held: no other process reads the record half-cleared
     finally:
         handle.close()  # releases the lock

@@ -12,33 +12,34 @@ import tensorflow as tf
 from conftest import run_train
 from vnet_tf.model import deep_supervision as ds
 from vnet_tf.model.losses import DiceCELoss
-from vnet_tf.model.vnet import build_vnet
+from vnet_tf.model.vnet import VNetConfig, vnet_network
 
 
 @pytest.fixture(scope="module")
-def tiny_vnet():
+def tiny_network():
+    """A V-Net as its registered builder returns it: the model and its decoder by level."""
     keras.utils.set_random_seed(0)
-    return build_vnet(base_width=4, depth=4, kernel_size=3, num_classes=3, normalization="instance")
+    return vnet_network(VNetConfig(base_width=4, depth=4, kernel_size=3, num_classes=3, normalization="instance"))
 
 
-def test_heads_share_the_vnet_and_work_at_coarser_resolutions(tiny_vnet):
-    train_model = ds.supervised_model(tiny_vnet, 2)
+def test_heads_share_the_vnet_and_work_at_coarser_resolutions(tiny_network):
+    train_model = ds.supervised_model(tiny_network, 2)
     x = np.random.default_rng(0).normal(size=(2, 32, 24, 16, 1)).astype("float32")
     outputs = train_model(x)
     assert [tuple(o.shape) for o in outputs] == [(2, 32, 24, 16, 3), (2, 16, 12, 8, 3), (2, 8, 6, 4, 3)]
     np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs[0]),
-                               keras.ops.convert_to_numpy(tiny_vnet(x)), rtol=1e-6, atol=1e-6)
+                               keras.ops.convert_to_numpy(tiny_network.model(x)), rtol=1e-6, atol=1e-6)
     for head in outputs[1:]:
         np.testing.assert_allclose(keras.ops.convert_to_numpy(head).sum(-1), 1.0, rtol=1e-5)
-    added = ds.head_variables(train_model, tiny_vnet)
-    assert len(added) == 4 and len(train_model.variables) == len(tiny_vnet.variables) + 4
-    assert len(tiny_vnet.outputs) == 1  # the V-Net itself is untouched
+    added = ds.head_variables(train_model, tiny_network.model)
+    assert len(added) == 4 and len(train_model.variables) == len(tiny_network.model.variables) + 4
+    assert len(tiny_network.model.outputs) == 1  # the V-Net itself is untouched
 
 
 @pytest.mark.parametrize("levels", [0, 3, True, 1.0])
-def test_levels_out_of_range_are_refused(tiny_vnet, levels):
-    with pytest.raises(ValueError, match=r"deep supervision levels must be an integer in \[1, 2\] for a V-Net of depth 4"):
-        ds.supervised_model(tiny_vnet, levels)
+def test_levels_out_of_range_are_refused(tiny_network, levels):
+    with pytest.raises(ValueError, match=r"deep supervision levels must be an integer in \[1, 2\] for the network 'vnet_paper' \(its decoder levels: \[0, 1, 2\]\)"):
+        ds.supervised_model(tiny_network, levels)
 
 
 def test_weights_halve_and_sum_to_one():
@@ -58,8 +59,8 @@ def test_targets_are_block_class_fractions():
     np.testing.assert_allclose(half.sum(-1), 1.0, rtol=1e-6)
 
 
-def test_multi_scale_loss_is_the_weighted_sum_and_trains_the_heads(tiny_vnet):
-    train_model = ds.supervised_model(tiny_vnet, 2)
+def test_multi_scale_loss_is_the_weighted_sum_and_trains_the_heads(tiny_network):
+    train_model = ds.supervised_model(tiny_network, 2)
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 16, 16, 16, 1)).astype("float32")
     labels = rng.integers(0, 3, size=(2, 16, 16, 16))
@@ -72,7 +73,7 @@ def test_multi_scale_loss_is_the_weighted_sum_and_trains_the_heads(tiny_vnet):
     expected = sum(w * keras.ops.convert_to_numpy(loss_fn(t, o)) for w, t, o in zip(weights, targets, outputs))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(total), expected, rtol=1e-6)
     assert total.shape == (2,)
-    grads = tape.gradient(total, ds.head_variables(train_model, tiny_vnet))
+    grads = tape.gradient(total, ds.head_variables(train_model, tiny_network.model))
     assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
     with pytest.raises(ValueError, match="3 outputs but 2 weights"):
         ds.multi_scale_loss(loss_fn, labels, outputs, weights[:2])

@@ -8,6 +8,7 @@ import pytest
 from absl import flags
 
 from conftest import REPO
+from vnet_tf.model.registry import NETWORKS
 
 # A valid value other than the default, where the generic rule below would not give one.
 OTHER = {
@@ -17,8 +18,11 @@ OTHER = {
     "aug_elastic_axes": "1,1,0", "aug_rotation": "30,30,30", "aug_scale": "0.7,1.4", "aug_flip_axes": "0,2",
     "aug_lowres_zoom": "0.6,0.9", "mirror_axes": "0,1", "fold": "1", "deep_supervision": "1",
     "max_validation_cases": "3", "time_budget_minutes": "30", "weight_average": "0.99",
-    "ct_statistics": "-100,300,50,80",
+    "ct_statistics": "-100,300,50,80", "architecture": "vnet_again",
 }
+# A second name for the V-Net builder: a registered name is an --architecture choice at once.
+if "vnet_again" not in NETWORKS.names:
+    NETWORKS.register("vnet_again", "vnet_tf.model.vnet:vnet_network")
 # Flags that are only valid with another flag set too: that flag and its value.
 COMPANION = {"ct_statistics": ("intensity_normalization", "ct")}
 

@@ -21,7 +21,8 @@ from vnet_tf.core.folders import atomic_write_text
 from vnet_tf.model.checkpoint import read_meta, restore_checkpoint, save_checkpoint
 from vnet_tf.inference.segmenter import InferenceConfig
 from vnet_tf.core.io import PathLike
-from vnet_tf.model.vnet import VNetConfig, build_vnet
+from vnet_tf.model.networks import build_network
+from vnet_tf.model.vnet import VNetConfig
 from vnet_tf.data.preprocess import PreprocessConfig
 
 CONFIG, CHECKPOINT, BEST = "config.json", "checkpoint.npz", "best.npz"
@@ -112,7 +113,7 @@ def restore_model(workdir: PathLike, which: str = "best"):
     if which == "final_raw" and not averaged:
         raise UserError(f"{workdir}: which='final_raw' needs a run trained with a weight average "
                         f"(weight_average > 0); this one kept none, so its final model is 'final'")
-    model = build_vnet(run_model_config(run))
+    model = build_network(run_model_config(run)).model
     path = workdir / (BEST if which == "best" else CHECKPOINT)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint (has the run validated / finished?)")

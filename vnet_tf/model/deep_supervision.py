@@ -1,11 +1,12 @@
 """Deep supervision (as in nnU-Net): extra softmax heads on the coarser right (decoder)
 stages, each scored against the labels at its own resolution, during training only.
 
-:func:`supervised_model` wraps a V-Net from :func:`vnet_tf.model.vnet.build_vnet` into a
-training model that shares all its layers and adds a 1x1x1 conv + softmax head on the
-outputs of right stages ``1 .. levels`` (right stage ``k`` works at ``1 / 2**k`` of the
-input size). The V-Net itself is untouched: it is what validation, ``best.npz``,
-evaluation and export use, so the heads never reach a deployed model.
+:func:`supervised_model` wraps a network built by :func:`vnet_tf.model.networks.build_network`
+into a training model that shares all its layers and adds a 1x1x1 conv + softmax head on the
+decoder feature maps its builder hands over, levels ``1 .. levels`` (level ``k`` works at
+``1 / 2**k`` of the input size; a V-Net's right stages). The network itself is untouched: it
+is what validation, ``best.npz``, evaluation and export use, so the heads never reach a
+deployed model.
 
 The targets of a head are the one-hot labels averaged over ``2**k``-voxel blocks (soft
 labels: the fraction of each class in the block), which the Dice and cross-entropy losses
@@ -21,6 +22,7 @@ import keras
 from keras import layers, ops
 
 from vnet_tf.model.losses import one_hot_labels
+from vnet_tf.model.networks import Network
 
 
 def max_levels(depth: int) -> int:
@@ -34,34 +36,24 @@ def output_weights(levels: int) -> List[float]:
     return [w / sum(raw) for w in raw]
 
 
-def _stage_output(model: keras.Model, level: int):
-    """The output tensor of right stage ``level``: its last layer in the model's order
-    (the residual add, or the activation / dropout that follows it)."""
-    prefix = f"right{level}_"
-    stage = [layer for layer in model.layers if layer.name.startswith(prefix)]
-    if not stage:
-        raise ValueError(f"deep supervision: the model {model.name!r} has no right stage {level} "
-                         f"(no layer named {prefix}*); is it a V-Net from build_vnet?")
-    return stage[-1].output
-
-
-def supervised_model(model: keras.Model, levels: int) -> keras.Model:
-    """A training model sharing ``model``'s layers, with outputs
-    ``[probabilities, head_1, ..., head_levels]`` (head ``k`` at ``1 / 2**k`` resolution).
+def supervised_model(network: Network, levels: int) -> keras.Model:
+    """A training model sharing ``network.model``'s layers, with outputs
+    ``[probabilities, head_1, ..., head_levels]`` (head ``k`` at ``1 / 2**k`` resolution, on the
+    decoder feature map the network's builder hands over as ``network.decoder[k]``).
 
     Raises:
-      ValueError: if ``levels`` is not in ``[1, depth - 2]`` for this model.
+      ValueError: if ``levels`` is not in ``[1, N]``, N the decoder's coarsest level.
     """
-    depth = sum(1 for layer in model.layers if layer.name.endswith("_add") and layer.name.startswith("left"))
-    if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= max_levels(depth):
-        raise ValueError(f"deep supervision levels must be an integer in [1, {max_levels(depth)}] "
-                         f"for a V-Net of depth {depth}, got {levels!r}")
+    model, most = network.model, max(network.decoder, default=0)
+    if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= most:
+        raise ValueError(f"deep supervision levels must be an integer in [1, {most}] for the network "
+                         f"{model.name!r} (its decoder levels: {sorted(network.decoder)}), got {levels!r}")
     num_classes = model.output.shape[-1]
-    dtype = model.get_layer("head_logits").dtype_policy
+    dtype = network.dtype_policy
     outputs = [model.output]
     for level in range(1, levels + 1):
         logits = layers.Conv3D(num_classes, 1, kernel_initializer="he_normal", dtype=dtype,
-                               name=f"deep_supervision{level}_logits")(_stage_output(model, level))
+                               name=f"deep_supervision{level}_logits")(network.decoder[level])
         outputs.append(layers.Softmax(axis=-1, dtype="float32", name=f"deep_supervision{level}")(logits))
     return keras.Model(model.input, outputs, name=f"{model.name}_deep_supervision")
 

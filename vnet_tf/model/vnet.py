@@ -41,6 +41,9 @@ from typing import Optional, Sequence, Tuple
 import keras
 from keras import layers, ops
 
+from vnet_tf.model.networks import Network
+from vnet_tf.model.registry import NETWORKS
+
 ACTIVATIONS = ("prelu", "relu", "elu")
 NORMALIZATIONS = ("none", "batch", "instance", "group")
 VARIANTS = ("paper", "caffe")
@@ -176,6 +179,9 @@ class VNetConfig:
         their output, which the next convolution keeps anyway; batch normalisation and
         dropout must not run twice (moving statistics, random masks). Float32 only (Keras
         recomputes outside the mixed-precision cast). No effect outside training.
+      architecture: the registered network these settings build
+        (:data:`vnet_tf.model.registry.NETWORKS`; :func:`vnet_tf.model.networks.build_network`);
+        another architecture reads the fields it uses.
     """
 
     input_channels: int = 1
@@ -192,9 +198,11 @@ class VNetConfig:
     variant: str = "paper"
     dtype_policy: Optional[str] = None
     recompute: bool = False
+    architecture: str = "vnet"
 
     def resolved(self) -> "VNetConfig":
         """Checks every option and fills the default conv counts; raises ``ValueError``."""
+        NETWORKS.check(self.architecture)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         _positive_int("input_channels", self.input_channels)
@@ -348,7 +356,13 @@ def build_vnet(config: Optional[VNetConfig] = None, **overrides) -> keras.Model:
       >>> model(np.zeros((1, 32, 32, 32, 1), "float32")).shape
       (1, 32, 32, 32, 2)
     """
-    cfg = dataclasses.replace(config or VNetConfig(), **overrides).resolved()
+    return vnet_network(dataclasses.replace(config or VNetConfig(), **overrides)).model
+
+
+def vnet_network(config: VNetConfig) -> Network:
+    """:func:`build_vnet`'s model as a :class:`~vnet_tf.model.networks.Network`, with the output
+    of each right (decoder) stage by level: the builder registered as ``"vnet"``."""
+    cfg = config.resolved()
     build = _Builder(cfg)
     inputs = keras.Input((None, None, None, cfg.input_channels), name="image")
     x = SpatialShapeCheck(cfg.depth, name="spatial_shape_check")(inputs)
@@ -363,16 +377,17 @@ def build_vnet(config: Optional[VNetConfig] = None, **overrides) -> keras.Model:
             x = build.conv_unit(x, x.shape[-1] * 2, f"{name}_down", kernel_size=2, strides=2)
             residual = x
 
+    decoder = {}
     for i, level in enumerate(reversed(range(cfg.depth - 1))):
         name = f"right{level}"
         skip = skips[level]
         x = build.conv_unit(x, skip.shape[-1], f"{name}_up", kernel_size=2, strides=2, transpose=True)
         x = layers.Concatenate(dtype=build.dtype, name=f"{name}_concat")([x, skip])
-        x = build.stage(x, x, cfg.convs_right[i], name)
+        x = decoder[level] = build.stage(x, x, cfg.convs_right[i], name)
 
     if cfg.variant == "caffe":
         x = build.conv_unit(x, cfg.num_classes, "head_conv")
     logits = build.conv(x, cfg.num_classes, "head_logits", kernel_size=1)
     probabilities = layers.Softmax(axis=-1, dtype="float32", name="probabilities")(logits)
-    return keras.Model(inputs, probabilities, name=f"vnet_{cfg.variant}")
+    return Network(keras.Model(inputs, probabilities, name=f"vnet_{cfg.variant}"), decoder, cfg.dtype_policy)
 

@@ -38,8 +38,10 @@ from vnet_tf.core.folders import CHECKPOINT_TEMPORARIES, remove_stale, writable_
 from vnet_tf.core.lock import folder_lock
 from vnet_tf.inference.segmenter import InferenceConfig, Segmenter
 from vnet_tf.core.labels import MAX_CLASSES
-from vnet_tf.model.losses import DiceCELoss, DiceLoss, dice_per_class
-from vnet_tf.model.vnet import VNetConfig, build_vnet, check_spatial_shape
+from vnet_tf.model.losses import dice_per_class
+from vnet_tf.model.networks import build_network
+from vnet_tf.model.registry import LOSSES
+from vnet_tf.model.vnet import VNetConfig, check_spatial_shape
 from vnet_tf.training.optim import OptimizerConfig, make_optimizer
 from vnet_tf.training.pipeline import CaseStore, PipelineConfig, training_dataset
 from vnet_tf.data.preprocess import PreprocessConfig
@@ -47,7 +49,6 @@ from vnet_tf.core.runtime import resolve_mixed_precision
 from vnet_tf.training.logs import TrainingLogger
 from vnet_tf.inference import workdir as run_files
 
-LOSSES = ("dice", "dice_ce")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16", "auto")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 AUGMENT_ON = ("device", "host")
@@ -91,7 +92,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raises ``ValueError`` naming the setting, before any work."""
-        for name, value, allowed in (("loss", self.loss, LOSSES), ("mixed_precision", self.mixed_precision, MIXED_PRECISION),
+        LOSSES.check(self.loss)
+        for name, value, allowed in (("mixed_precision", self.mixed_precision, MIXED_PRECISION),
                                      ("strategy", self.strategy, STRATEGIES), ("augment_on", self.augment_on, AUGMENT_ON)):
             if value not in allowed:
                 raise UserError(f"{name} must be one of {allowed}, got {value!r}")
@@ -295,8 +297,9 @@ def _build(config: TrainConfig, train_paths, val_paths, num_classes: int, log: C
     if config.batch_size % replicas:
         raise UserError(f"batch_size {config.batch_size} must be divisible by the {replicas} replicas")
     with strategy.scope():
-        model = build_vnet(model_config)
-        train_model = ds_lib.supervised_model(model, config.deep_supervision) if config.deep_supervision else model
+        network = build_network(model_config)
+        model = network.model
+        train_model = ds_lib.supervised_model(network, config.deep_supervision) if config.deep_supervision else model
         planned_steps = keras.Variable(float(config.steps), dtype="float32", trainable=False, name="planned_steps")
         optimizer = make_optimizer(config.optimizer, planned_steps, precision == "mixed_float16")
         optimizer.build(train_model.trainable_variables)
@@ -306,9 +309,8 @@ def _build(config: TrainConfig, train_paths, val_paths, num_classes: int, log: C
             references = aug_lib.quantile_table([store.case(i).image for i in range(len(store))],
                                                 num_landmarks=config.augment.histogram_landmarks)
         augmentation = aug_lib.build_augmentation(config.augment, num_classes, references, seed=config.seed)
-    loss_cls = DiceCELoss if config.loss == "dice_ce" else DiceLoss
-    loss_fn = loss_cls(include_background=config.include_background, squared=config.dice_squared,
-                       batch=config.batch_dice, reduction="none")
+    loss_fn = LOSSES.get(config.loss)(include_background=config.include_background, squared=config.dice_squared,
+                                      batch=config.batch_dice, reduction="none")
     aug_states = [t.seed_generator.state for t in augmentation.transforms] if augmentation else []
     groups = {"model": model.variables, "optimizer": optimizer.variables, "augmentation": aug_states}
     if average is not None:

@@ -96,10 +96,11 @@ def target_spacing(spacings: np.ndarray) -> Tuple[Optional[np.ndarray], int, str
 @functools.lru_cache(maxsize=None)
 def _layer_probe(depth: int, channels: int, classes: int, base_width: int):
     import keras  # pylint: disable=import-outside-toplevel
-    from vnet_tf.model.vnet import VNetConfig, build_vnet  # pylint: disable=import-outside-toplevel
-    model = build_vnet(VNetConfig(input_channels=channels, num_classes=classes, base_width=base_width, depth=depth,
-                                  kernel_size=int(RECIPE["kernel_size"]), convs_right=(1,) * (depth - 1),
-                                  activation=RECIPE["activation"], normalization=RECIPE["normalization"]))
+    from vnet_tf.model.networks import build_network  # pylint: disable=import-outside-toplevel
+    from vnet_tf.model.vnet import VNetConfig  # pylint: disable=import-outside-toplevel
+    model = build_network(VNetConfig(input_channels=channels, num_classes=classes, base_width=base_width, depth=depth,
+                                     kernel_size=int(RECIPE["kernel_size"]), convs_right=(1,) * (depth - 1),
+                                     activation=RECIPE["activation"], normalization=RECIPE["normalization"])).model
     outputs = [layer.output for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     return keras.Model(model.inputs, outputs)
 

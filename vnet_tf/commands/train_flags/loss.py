@@ -2,7 +2,11 @@
 
 from absl import flags
 
-flags.DEFINE_enum("loss", "dice_ce", ["dice", "dice_ce"], "the paper's Dice loss, or Dice + cross-entropy")
+from vnet_tf.commands.choices import define_choice
+from vnet_tf.model.registry import LOSSES
+
+define_choice("loss", LOSSES, "dice_ce", "the paper's Dice loss, or Dice + cross-entropy (or a loss registered "
+              "in vnet_tf.model.registry.LOSSES)", __name__)
 flags.DEFINE_bool("include_background", False, "count the background class in the Dice loss")
 flags.DEFINE_bool("dice_squared", True, "the paper's sum p^2 + sum g^2 Dice denominator (false: sum p + sum g)")
 flags.DEFINE_bool("batch_dice", False, "one Dice over the whole batch (nnU-Net) instead of one per sample")

@@ -2,6 +2,11 @@
 
 from absl import flags
 
+from vnet_tf.commands.choices import define_choice
+from vnet_tf.model.registry import NETWORKS
+
+define_choice("architecture", NETWORKS, "vnet", "the network these settings build (or one registered in "
+              "vnet_tf.model.registry.NETWORKS, which reads the settings it uses)", __name__)
 flags.DEFINE_enum("variant", "paper", ["paper", "caffe"], "V-Net layout")
 flags.DEFINE_integer("base_width", 8, "channels of the first stage", lower_bound=1)
 flags.DEFINE_integer("depth", 4, "resolution levels", lower_bound=1)

@@ -38,7 +38,8 @@ import tensorflow as tf  # noqa: E402
 
 from vnet_tf.data.cases import find_cases, fold_of  # noqa: E402
 from vnet_tf.serving.exporter import export_run  # noqa: E402
-from vnet_tf.inference.segmenter import InferenceConfig, Segmenter  # noqa: E402
+from vnet_tf.inference.config import InferenceConfig  # noqa: E402
+from vnet_tf.inference.segmenter import Segmenter  # noqa: E402
 from vnet_tf.core.io import read_image  # noqa: E402
 from vnet_tf.inference.loading import load_segment  # noqa: E402
 from vnet_tf.model.vnet import build_vnet  # noqa: E402

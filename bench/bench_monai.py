@@ -16,7 +16,7 @@ A B C A B C within each setting, after warm-up steps. Models:
   1 / 1,2,3,2 / 2,2,1,1, the extra 5^3 head conv, ELU, batch norm, no dropout).
 
 Training step = forward + Dice loss + backward + SGD (momentum 0.99); ours is the library's
-own compiled step (``vnet_tf.training.loop._make_step``, what train.py runs). Forward = inference
+own compiled step (``vnet_tf.training.step.make_step``, what train.py runs). Forward = inference
 mode without gradients. FLOPs are counted analytically from the layer shapes
 (``vnet_tf.model.flops``; convolutions only, 2 per multiply-accumulate; MONAI's by the same rule
 from hooks on its convolutions). The float32 matmul peak is measured in each process.
@@ -106,10 +106,10 @@ def ours_train_step(model, batch_size: int):
     import keras  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from vnet_tf.model.losses import DiceLoss  # pylint: disable=import-outside-toplevel
-    from vnet_tf.training.loop import _make_step  # pylint: disable=import-outside-toplevel
+    from vnet_tf.training.step import make_step  # pylint: disable=import-outside-toplevel
     optimizer = keras.optimizers.SGD(1e-4, momentum=0.99)
     optimizer.build(model.trainable_variables)
-    return _make_step(model, optimizer, DiceLoss(reduction="none"), None, tf.distribute.get_strategy(), batch_size)
+    return make_step(model, optimizer, DiceLoss(reduction="none"), None, tf.distribute.get_strategy(), batch_size)
 
 
 def ours_worker(args) -> dict:
@@ -132,7 +132,8 @@ def ours_worker(args) -> dict:
     model = ours_model(args.worker)
     result = {"onednn": onednn_enabled(), "params": model.count_params(), "matmul_gflops": matmul_gflops}
     if args.mode == "infer":
-        from vnet_tf.inference.segmenter import InferenceConfig, Segmenter  # pylint: disable=import-outside-toplevel
+        from vnet_tf.inference.config import InferenceConfig  # pylint: disable=import-outside-toplevel
+        from vnet_tf.inference.segmenter import Segmenter  # pylint: disable=import-outside-toplevel
         from vnet_tf.data.preprocess import PreprocessConfig  # pylint: disable=import-outside-toplevel
         config = InferenceConfig(patch_size_zyx=tuple(args.roi), overlap=0.5, batch_size=args.sw_batch)
         volumes = hippocampus_volumes(args.cases + 1, args.roi if args.crop_cases else None)

@@ -6,7 +6,7 @@ op type.
     python bench/profile_step.py --layout recipe --shape 40 56 40 --batch 2   # hippocampus recipe's net
 
 Runs warm-up steps, then profiles --steps training steps (the library's compiled step,
-``vnet_tf.training.loop._make_step``), reads the trace (``*.xplane.pb``) with the protobuf
+``vnet_tf.training.step.make_step``), reads the trace (``*.xplane.pb``) with the protobuf
 definitions that ship with TensorFlow, and prints the top op types by total time (the sum
 over threads, so it can exceed the wall time on 2 cores) with their share of the op time.
 The raw trace stays in --logdir for TensorBoard's profile plugin.

@@ -101,12 +101,15 @@ class _FakeTime:
 
 
 def test_time_budget_ends_the_run_and_its_schedule(tmp_path, monkeypatch):
-    from vnet_tf.training import loop as training
+    from vnet_tf.training import loop, run as training
     from vnet_tf.data.demo_data import write_demo_dataset
     from vnet_tf.model.vnet import VNetConfig
     from vnet_tf.training.optim import OptimizerConfig
-    from vnet_tf.training.loop import TrainConfig, train
-    monkeypatch.setattr(training, "time", _FakeTime())
+    from vnet_tf.training.config import TrainConfig
+    from vnet_tf.training.loop import train
+    fake = _FakeTime()
+    monkeypatch.setattr(training, "time", fake)  # the step loop's clock
+    monkeypatch.setattr(loop, "time", fake)  # where the budget starts counting
     data = write_demo_dataset(tmp_path / "demo", 6)
     budget_minutes = 0.5  # 30 s of the fake clock: a few dozen steps
     config = TrainConfig(data_dir=str(data), workdir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
@@ -142,7 +145,7 @@ def test_time_budget_ends_the_run_and_its_schedule(tmp_path, monkeypatch):
 
 
 def test_negative_budget_is_refused():
-    from vnet_tf.training.loop import TrainConfig
+    from vnet_tf.training.config import TrainConfig
     with pytest.raises(ValueError, match="time_budget_minutes must be >= 0"):
         TrainConfig(data_dir="x", workdir="y", time_budget_minutes=-1.0).validate()
     assert TrainConfig(data_dir="x", workdir="y", time_budget_minutes=5.0).validate().time_budget_minutes == 5.0

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from vnet_tf.inference.ensemble import MeanOfModels, Member, check_members
-from vnet_tf.inference.segmenter import InferenceConfig, Segmenter
+from vnet_tf.inference.config import InferenceConfig
+from vnet_tf.inference.segmenter import Segmenter
 from vnet_tf.data.preprocess import PreprocessConfig
 
 

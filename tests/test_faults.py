@@ -708,7 +708,7 @@ def test_a_new_evaluation_sets_the_old_report_aside_before_its_first_prediction(
     from vnet_tf.data.cases import find_cases
     from vnet_tf.data.preprocess import PreprocessConfig
     from vnet_tf.evaluation.report import evaluate_cases
-    from vnet_tf.inference.segmenter import InferenceConfig
+    from vnet_tf.inference.config import InferenceConfig
 
     def constant(value):
         return lambda volume, spacing, direction, probabilities=False: {

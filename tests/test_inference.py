@@ -9,7 +9,9 @@ import SimpleITK as sitk
 import tensorflow as tf
 
 from vnet_tf.inference import volume_ops
-from vnet_tf.inference.segmenter import InferenceConfig, Segmenter, gaussian_weights, window_starts
+from vnet_tf.inference.config import InferenceConfig
+from vnet_tf.inference.segmenter import Segmenter
+from vnet_tf.inference.sliding_window import gaussian_weights, window_starts
 from vnet_tf.core.io import Geometry
 from vnet_tf.data.preprocess import PreprocessConfig, normalize_intensities
 from vnet_tf.inference.segmentation import postprocess_label, predict_case

@@ -14,7 +14,8 @@ import vnet_tf
 import numpy as np
 import tensorflow as tf
 from vnet_tf.data.preprocess import PreprocessConfig
-from vnet_tf.inference.segmenter import InferenceConfig, Segmenter
+from vnet_tf.inference.config import InferenceConfig
+from vnet_tf.inference.segmenter import Segmenter
 
 CLASSES, SHAPE, PATCH = 16, (160, 256, 256), (16, 32, 32)
 

@@ -13,6 +13,7 @@ from vnet_tf.core.errors import UserError
 from vnet_tf.inference.workdir import run_model_config
 from vnet_tf.model.vnet import VNetConfig, build_vnet
 from vnet_tf.training import loop
+from vnet_tf.training.config import TrainConfig
 
 TINY = dict(base_width=4, depth=2, kernel_size=3, normalization="instance", convs_left=(1, 2), convs_right=(1,))
 
@@ -78,7 +79,7 @@ def test_inference_never_recomputes_and_the_option_is_checked():
         build_vnet(**TINY, recompute="yes")
     with pytest.raises(ValueError, match="float32 only.*keras#21448"):
         build_vnet(**TINY, recompute=True, dtype_policy="mixed_bfloat16")
-    config = loop.TrainConfig(data_dir="d", workdir="w", mixed_precision="mixed_float16",
+    config = TrainConfig(data_dir="d", workdir="w", mixed_precision="mixed_float16",
                               model=VNetConfig(**TINY, recompute=True), patch_size_zyx=(16, 16, 16))
     with pytest.raises(ValueError, match="recompute works in float32 only, got dtype_policy 'mixed_float16'"):
         config.validate()

@@ -29,7 +29,8 @@ CHANNELS, CLASSES = 1, 2
 def serve():
     import tensorflow as tf
     from vnet_tf.data.preprocess import PreprocessConfig
-    from vnet_tf.inference.segmenter import InferenceConfig, Segmenter
+    from vnet_tf.inference.config import InferenceConfig
+    from vnet_tf.inference.segmenter import Segmenter
     from vnet_tf.inference.signatures import VNetServing
 
     def model(x, training=False):  # two classes from the sign of the normalised intensity

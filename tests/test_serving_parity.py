@@ -170,7 +170,8 @@ def test_the_graph_preprocesses_real_cases_as_the_training_cache(hippocampus_dir
     (SimpleITK), which built the cases the model trained on; moving the normalisation before
     the resampling fails this."""
     import tensorflow as tf
-    from vnet_tf.inference.segmenter import InferenceConfig, Segmenter
+    from vnet_tf.inference.config import InferenceConfig
+    from vnet_tf.inference.segmenter import Segmenter
     from vnet_tf.core.io import read_image
     from vnet_tf.data.preprocess import PreprocessConfig, preprocess_case
     from vnet_tf.inference.segmentation import scan_arrays

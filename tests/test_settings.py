@@ -63,7 +63,7 @@ def _other_value(name, flag):
 
 
 def test_no_flags_build_the_dataclass_defaults(command):
-    from vnet_tf.training.loop import TrainConfig
+    from vnet_tf.training.config import TrainConfig
     flags.FLAGS(["train.py"])
     built = command.build_config("data")
     assert built == TrainConfig(data_dir="data", workdir=flags.FLAGS.workdir)
@@ -85,7 +85,7 @@ def test_each_flag_sets_its_field_and_nothing_else(command):
 
 
 def test_every_field_has_a_flag_or_a_reason(command):
-    from vnet_tf.training.loop import TrainConfig
+    from vnet_tf.training.config import TrainConfig
     fields = set(_leaves(TrainConfig(data_dir="", workdir="")))
     mapped, excused = set(command.FIELD_OF.values()), set(command.NOT_FLAGS)
     assert not mapped & excused

@@ -102,6 +102,7 @@ def test_run_written_before_a_setting_existed_resumes_with_its_default(tiny_run,
     written = json.loads(config_file.read_text())
     for key in ("dice_squared", "batch_dice", "deep_supervision"):  # added in a later version
         del written["train"][key]
+    del written["train"]["model"]["architecture"], written["model"]["architecture"]  # likewise, nested
     config_file.write_text(json.dumps(written))
     argv = [a for a in done.args[1:] if not a.startswith(("--workdir=", "--steps="))] + [f"--workdir={copy}"]
     resumed = run_command("train", *argv, "--steps=41")
@@ -137,7 +138,7 @@ def test_bad_flags_are_refused_naming_the_flag(monkeypatch, args, message):
 def _tiny_config(tmp_path, **overrides):
     from vnet_tf.data.demo_data import write_demo_dataset
     from vnet_tf.model.vnet import VNetConfig
-    from vnet_tf.training.loop import TrainConfig
+    from vnet_tf.training.config import TrainConfig
     data = write_demo_dataset(tmp_path / "demo", 6)
     base = TrainConfig(data_dir=str(data), workdir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
                        model=VNetConfig(base_width=4, depth=3, kernel_size=3, normalization="instance"),

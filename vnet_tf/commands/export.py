@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 
 from vnet_tf.core import cli
-from vnet_tf.inference.segmenter import DEFAULT_MAX_VOXELS
+from vnet_tf.inference.graph_preprocessing import DEFAULT_MAX_VOXELS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", [], "the training workdir to export; several, comma-separated, export as one "

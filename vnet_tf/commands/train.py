@@ -123,10 +123,10 @@ def _augment_config(lowres_zoom):
 
 def build_config(data_dir: str):
     """The TrainConfig of the flags (raises app.UsageError naming the flag)."""
-    from vnet_tf.inference.segmenter import InferenceConfig  # pylint: disable=import-outside-toplevel
+    from vnet_tf.inference.config import InferenceConfig  # pylint: disable=import-outside-toplevel
     from vnet_tf.model.vnet import VNetConfig  # pylint: disable=import-outside-toplevel
     from vnet_tf.data.preprocess import PreprocessConfig  # pylint: disable=import-outside-toplevel
-    from vnet_tf.training.loop import TrainConfig  # pylint: disable=import-outside-toplevel
+    from vnet_tf.training.config import TrainConfig  # pylint: disable=import-outside-toplevel
 
     patch = _numbers("patch_size", int, 3, positive=True)
     lowres_zoom = _numbers("aug_lowres_zoom", float, 2, True)

@@ -34,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from vnet_tf.data.cases import Case
-from vnet_tf.inference.segmenter import InferenceConfig
+from vnet_tf.inference.config import InferenceConfig
 from vnet_tf.core.errors import UserError, describe
 from vnet_tf.evaluation.figures import case_figure, metric_plot
 from vnet_tf.core.folders import VOLUME_TEMPORARIES, atomic_write_text, remove_stale, writable_folder

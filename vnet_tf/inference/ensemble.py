@@ -15,7 +15,7 @@ from typing import List, Sequence
 import keras
 
 from vnet_tf.core.errors import UserError
-from vnet_tf.inference.segmenter import InferenceConfig
+from vnet_tf.inference.config import InferenceConfig
 from vnet_tf.data.preprocess import PreprocessConfig
 
 

@@ -51,7 +51,7 @@ class VNetServing(tf.Module):
                                            input_signature=specs),
             "predict_probabilities": tf.function(lambda v, s, d: self._serve(v, s, d, True), autograph=False,
                                                  input_signature=specs),
-            "predict_patch": tf.function(segmenter._predict_patch, autograph=False,  # pylint: disable=protected-access
+            "predict_patch": tf.function(segmenter.window.predict_patch, autograph=False,
                                          input_signature=[tf.TensorSpec(patch, tf.float32, name="patches")])})
 
     @property
@@ -100,7 +100,7 @@ class VNetServing(tf.Module):
             signature.append(tf.TensorSpec([None, None, None, classes], tf.float32))
 
         def one(v):
-            out = self.segmenter._segment(v, spacing, direction, with_probabilities)  # pylint: disable=protected-access
+            out = self.segmenter.segment_ops(v, spacing, direction, with_probabilities)
             return tuple(out[k] for k in ("labels", "probabilities")[:len(signature)])
 
         outputs = self._each_scan(one, batched, signature)

@@ -19,7 +19,7 @@ from vnet_tf.core.errors import UserError
 from vnet_tf.model import averaging
 from vnet_tf.core.folders import atomic_write_text
 from vnet_tf.model.checkpoint import read_meta, restore_checkpoint, save_checkpoint
-from vnet_tf.inference.segmenter import InferenceConfig
+from vnet_tf.inference.config import InferenceConfig
 from vnet_tf.core.io import PathLike
 from vnet_tf.model.networks import build_network
 from vnet_tf.model.vnet import VNetConfig

@@ -41,22 +41,16 @@ for registry, name, entry in ((LOSSES, "squared_error", SquaredErrorLoss), (NETW
         registry.register(name, entry)
 
 
-def test_a_registered_loss_is_a_flag_choice_and_trains(tmp_path):
-    done = run_train(tmp_path / "run", tmp_path / "cache", "--loss=squared_error", "--steps=3")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["loss"] == "squared_error"
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["steps"] == 3 and 0 < summary["final_loss"] < 1  # a squared error of probabilities
-
-
-def test_a_registered_network_trains_and_evaluates_from_its_recorded_name(tmp_path):
+def test_a_registered_loss_and_network_are_flag_choices_that_train_and_evaluate(tmp_path):
     run = tmp_path / "run"
-    done = run_train(run, tmp_path / "cache", "--architecture=one_conv", "--steps=3")
+    done = run_train(run, tmp_path / "cache", "--loss=squared_error", "--architecture=one_conv", "--steps=3")
     assert done.returncode == 0, done.stderr[-3000:]
     config = json.loads((run / "config.json").read_text())
-    assert config["model"]["architecture"] == "one_conv"
+    assert config["train"]["loss"] == "squared_error" and config["model"]["architecture"] == "one_conv"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and 0 < summary["final_loss"] < 1  # a squared error of probabilities
     from vnet_tf.inference.workdir import restore_model
-    model, _ = restore_model(run, "final")
+    model, _ = restore_model(run, "final")  # rebuilt from the recorded name
     assert model.name == "one_conv" and len(model.layers) == 4
     scored = run_command("evaluate", f"--model={run}", f"--data_dir={tmp_path / 'cache' / 'demo_data_6'}",
                          f"--output_dir={tmp_path / 'eval'}", "--figures=false", "--max_cases=2")

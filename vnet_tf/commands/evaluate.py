@@ -115,6 +115,11 @@ def _print_summary(summary: dict, num_cases: int) -> int:
 
 def main(argv):
     _check_flags(argv)
+    with cli.output_folder_lock(FLAGS.output_dir, "--output_dir"):  # refused before a model loads
+        return _evaluate()
+
+
+def _evaluate() -> int:
     from vnet_tf.evaluation.report import evaluate_cases  # pylint: disable=import-outside-toplevel
     dataset, cases = _selected_cases()
     settings = {"data_dir": FLAGS.data_dir, "fold": FLAGS.fold, "num_folds": FLAGS.num_folds,

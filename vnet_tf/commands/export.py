@@ -44,9 +44,10 @@ def main(argv):
     overrides = cli.inference_overrides(FLAGS.overlap, FLAGS.mirror_axes)
     from vnet_tf.serving.exporter import export_run  # pylint: disable=import-outside-toplevel
     try:
-        target = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.which, overrides,
-                            warn=lambda message: print(f"note: {message}", file=sys.stderr),
-                            max_voxels=FLAGS.max_voxels)
+        with cli.output_folder_lock(FLAGS.export_base, "--export_base"):  # refused before a model loads
+            target = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.which, overrides,
+                                warn=lambda message: print(f"note: {message}", file=sys.stderr),
+                                max_voxels=FLAGS.max_voxels)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         raise app.UsageError(str(err)) from err
     print(f"exported {','.join(FLAGS.workdir)} ({FLAGS.which}) to {target.resolve()}")

@@ -50,6 +50,12 @@ def main(argv):
     for source in FLAGS.model:
         if not pathlib.Path(source).is_dir():
             raise app.UsageError(f"--model {source}: no such folder")
+    with cli.output_folder_lock(FLAGS.output_dir, "--output_dir"):  # refused before a model loads
+        return _predict(suffix)
+
+
+def _predict(suffix: str) -> int:
+    from vnet_tf.inference import prediction  # pylint: disable=import-outside-toplevel
     from vnet_tf.inference.loading import load_segment  # pylint: disable=import-outside-toplevel
     loaded = load_segment(FLAGS.model, FLAGS.which,
                           cli.inference_overrides(FLAGS.overlap, FLAGS.mirror_axes, FLAGS.postprocess))
@@ -57,7 +63,8 @@ def main(argv):
     print(f"{len(scans)} scan(s) to segment into {pathlib.Path(FLAGS.output_dir).resolve()}")
     report = prediction.predict_scans(scans, loaded.segment, FLAGS.output_dir,
                                       postprocess=loaded.inference.postprocess, min_size=loaded.inference.min_size,
-                                      n4=loaded.preprocess.n4,                                      suffix=suffix, probabilities=FLAGS.probabilities, overwrite=FLAGS.overwrite)
+                                      n4=loaded.preprocess.n4, suffix=suffix, probabilities=FLAGS.probabilities,
+                                      overwrite=FLAGS.overwrite)
     print(f"{len(report.written)} written, {len(report.skipped)} already there (--overwrite predicts them again), "
           f"{len(report.failed)} failed")
     if report.failed:

@@ -9,6 +9,7 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import pathlib
 import re
@@ -141,6 +142,14 @@ def parse_flags(argv):
 def run(main, argv=None) -> None:
     """``absl.app.run`` with :func:`guarded` and :func:`parse_flags`; exits the process."""
     app.run(guarded(main), argv=argv, flags_parser=parse_flags)
+
+
+def output_folder_lock(folder, what: str):
+    """The lock of the output folder ``folder`` where it exists already (where it does not, no
+    other command can be writing it yet, and the library call locks it once created), so that
+    a folder in use is refused before a model loads (:mod:`vnet_tf.core.lock`)."""
+    from vnet_tf.core.lock import folder_lock  # pylint: disable=import-outside-toplevel
+    return folder_lock(folder, what) if pathlib.Path(folder).is_dir() else contextlib.nullcontext()
 
 
 def parse_mirror_axes(values: Sequence[str]) -> Tuple[int, ...]:

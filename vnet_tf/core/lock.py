@@ -30,7 +30,7 @@ import os
 import pathlib
 import socket
 import sys
-from typing import Iterator
+from typing import Dict, Iterator
 
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.io import PathLike
@@ -51,18 +51,43 @@ def _holder_text(handle) -> str:
             f" ({holder.get('command', '?')})")
 
 
+# The lock files this process holds, with how many ``with`` blocks hold each: a command may
+# lock its output folder before loading a model, and the library call it makes locks it again.
+_HELD: Dict[pathlib.Path, int] = {}
+
+
 @contextlib.contextmanager
 def folder_lock(folder: PathLike, what: str) -> Iterator[pathlib.Path]:
     """Holds the lock of ``folder`` (which must exist) while the ``with`` block runs; ``what``
-    names the folder in messages (``"workdir"``, ``"--output_dir"``).
+    names the folder in messages (``"workdir"``, ``"--output_dir"``). Within one process the
+    lock is re-entrant.
 
     Raises :class:`UserError` when another process holds it, or when the folder's file system
     cannot lock."""
-    path = pathlib.Path(folder) / LOCK_FILE
+    path = pathlib.Path(folder).resolve() / LOCK_FILE
+    if path in _HELD:
+        _HELD[path] += 1
+        try:
+            yield path
+        finally:
+            _HELD[path] -= 1
+        return
+    with _locked(path, folder, what):
+        _HELD[path] = 1
+        try:
+            yield path
+        finally:
+            del _HELD[path]
+
+
+@contextlib.contextmanager
+def _locked(path: pathlib.Path, folder: PathLike, what: str) -> Iterator[None]:
+    """The flock on ``path`` and the holder's record in it, for the ``with`` block."""
     try:
         handle = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
     except OSError as err:
-        raise UserError(f"{what} {folder}: cannot open its lock file {path}: {err.strerror or err}") from err
+        raise UserError(f"{what} {folder}: expected a folder this user can write, but opening its lock file "
+                        f"{path} failed: {err.strerror or err}") from err
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -82,7 +107,7 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[pathlib.Path]:
         handle.write(json.dumps(holder))
         handle.flush()
         try:
-            yield path
+            yield
         finally:
             handle.seek(0)
             handle.truncate()  # still held: no other process reads the record half-cleared

@@ -1,5 +1,5 @@
 """Runs a command (train, evaluate, export, predict) exactly as its command line runs it
-(``vnet_tf.core.cli.run`` with fresh flags), in the calling process: what the tests use
+(``vnet_tf.commands.cli.run`` with fresh flags), in the calling process: what the tests use
 where a separate process is not the point, for the cost of no TensorFlow start.
 
 :func:`run_case` runs one argument list and returns ``{"code", "stdout", "stderr"}``; an
@@ -23,6 +23,8 @@ import traceback
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+# Modules of vnet_tf/commands/ that are no command: their flags (--debug) belong to every command.
+SHARED = ("cli", "choices")
 # command -> the (defining module, Flag) pairs of its flags while they are out of the registry.
 _PARKED = {}
 
@@ -34,6 +36,8 @@ def _command_of(module_name: str):
     if not module_name.startswith(prefix):
         return None
     head = module_name[len(prefix):].split(".")[0]
+    if head in SHARED:
+        return None
     return head[: -len("_flags")] if head.endswith("_flags") else head
 
 
@@ -106,7 +110,7 @@ def run_case(command: str, argv) -> dict:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     import vnet_tf  # noqa: F401  (first: oneDNN)
-    from vnet_tf.core import cli
+    from vnet_tf.commands import cli
 
     out, err = io.StringIO(), io.StringIO()
     with _flags_of(command) as module, _restored_process_state(), contextlib.redirect_stdout(out), \

@@ -99,7 +99,7 @@ def flagfile_config(name, monkeypatch, *extra):
     monkeypatch.chdir(REPO)
     monkeypatch.syspath_prepend(str(REPO))
     from vnet_tf.commands import train  # (defines the flags)
-    from vnet_tf.core import cli
+    from vnet_tf.commands import cli
     flags.FLAGS.unparse_flags()
     try:
         flags.FLAGS(cli.expand_flagfiles(["train.py", f"--flagfile=configs/{name}", *extra])[0])

@@ -112,7 +112,7 @@ def test_every_bad_case_has_its_own_message(bad_dataset):
 
 
 def test_check_command_exit_codes(bad_dataset, tmp_path):
-    cmd = [sys.executable, "-m", "vnet_tf.data.check"]
+    cmd = [sys.executable, "-m", "vnet_tf.commands.check"]
     bad = subprocess.run(cmd + [str(bad_dataset)], capture_output=True, text=True, encoding="utf-8",
                          env=subprocess_env(), cwd=REPO, timeout=120)
     assert bad.returncode == 1

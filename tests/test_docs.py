@@ -16,7 +16,7 @@ ABSL_BUILTINS = {"flagfile", "helpfull", "help", "helpshort"}
 # end of the shell command.
 COMMAND = re.compile(r"(?:python (-m [\w.]+|[\w/]+\.py)|(vnet-[a-z]+))([^;`|)\n]*)")
 INSTALLED = {"vnet-train": "train.py", "vnet-evaluate": "evaluate.py", "vnet-export": "export.py", "vnet-predict": "predict.py",
-             "vnet-check": "-m vnet_tf.data.check", "vnet-client": "-m vnet_tf.serving.client",
+             "vnet-check": "-m vnet_tf.commands.check", "vnet-client": "-m vnet_tf.commands.client",
              **{f"vnet-{name.replace('_', '-')}": f"-m vnet_tf.commands.{name}"
                 for name in ("plan", "compare_runs", "pool_folds", "error_breakdown", "label_orientation")}}
 

@@ -46,8 +46,8 @@ def test_the_serving_commands_match_the_shipped_files():
             assert f"MODEL_NAME={name}" in docker and base_path == f"/models/{name}"
     show = next(c for c in commands if c[:2] == ["saved_model_cli", "show"])
     assert _flag(show, "--dir").startswith(base + "/")
-    from vnet_tf.serving.client import build_parser
-    clients = [c for c in commands if c[:3] == ["python", "-m", "vnet_tf.serving.client"]]
+    from vnet_tf.commands.client import build_parser
+    clients = [c for c in commands if c[:3] == ["python", "-m", "vnet_tf.commands.client"]]
     assert len(clients) == 3
     for client in clients:
         args = build_parser().parse_args(client[3:])

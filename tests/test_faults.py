@@ -547,7 +547,7 @@ def test_export_removes_what_a_killed_export_left(export_rows, world):
         "which": "best", "file": "best.npz", "step": best_step, "workdir": str(good.resolve())}
 
 
-# ---------------------------------------------------------------- python -m vnet_tf.data.check
+# ---------------------------------------------------------------- python -m vnet_tf.commands.check
 
 CHECK_ROWS = {  # dataset variant -> (exit code, words)
     "label_256_undeclared": (1, ["label values [256] lie outside class numbers 0..255"]),
@@ -564,7 +564,7 @@ CHECK_ROWS = {  # dataset variant -> (exit code, words)
 
 @pytest.mark.parametrize("name", sorted(CHECK_ROWS))
 def test_the_data_check_reports_each_fault(world, name, capsys):
-    from vnet_tf.data.check import main
+    from vnet_tf.commands.check import main
     code = main([str(world["data"][name])])
     out = capsys.readouterr()
     expected_code, words = CHECK_ROWS[name]
@@ -637,7 +637,7 @@ def test_a_full_disk_during_export_leaves_no_version(train_rows, world, monkeypa
 
 
 def test_commands_print_a_users_error_in_one_line_and_a_bug_with_its_traceback(capsys):
-    from vnet_tf.core import cli
+    from vnet_tf.commands import cli
     from vnet_tf.core.errors import UserError
 
     def fails(err):
@@ -737,7 +737,7 @@ def test_a_new_evaluation_sets_the_old_report_aside_before_its_first_prediction(
 # ---------------------------------------------------------------- flagfiles
 
 def test_a_nested_flagfile_is_found_from_its_including_file_s_folder(tmp_path, monkeypatch, capsys):
-    from vnet_tf.core import cli
+    from vnet_tf.commands import cli
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs" / "sub").mkdir(parents=True)
     (tmp_path / "configs" / "main.flags").write_text("# a comment\n--flagfile=sub/base.flags\n--steps=7\n")

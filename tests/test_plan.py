@@ -169,7 +169,7 @@ def test_the_command_writes_a_flagfile_train_accepts_and_keeps_an_existing_one(t
     printed = capsys.readouterr().out
     assert "dataset ct: 3 labelled cases" in printed and "--intensity_normalization=ct" in printed
     from vnet_tf.commands import train
-    from vnet_tf.core import cli
+    from vnet_tf.commands import cli
     flags.FLAGS.unparse_flags()
     try:
         flags.FLAGS(cli.expand_flagfiles(["train.py", f"--flagfile={out}"])[0])

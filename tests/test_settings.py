@@ -96,7 +96,7 @@ def test_every_field_has_a_flag_or_a_reason(command):
 
 
 def test_parse_mirror_axes():
-    from vnet_tf.core.cli import parse_mirror_axes
+    from vnet_tf.commands.cli import parse_mirror_axes
     assert parse_mirror_axes(["0", "2"]) == (0, 2) and parse_mirror_axes(["none"]) == () and parse_mirror_axes([]) == ()
     for bad in (["3"], ["x"]):
         with pytest.raises(ValueError, match="mirror_axes"):

@@ -19,9 +19,9 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "docs" / "reference" / "flags.md"
 ABSL_COMMANDS = ("train", "evaluate", "export", "predict")
-ARGPARSE_COMMANDS = ("vnet_tf.data.check", "vnet_tf.commands.plan", "vnet_tf.serving.client", "vnet_tf.commands.compare_runs", "vnet_tf.commands.pool_folds",
+ARGPARSE_COMMANDS = ("vnet_tf.commands.check", "vnet_tf.commands.plan", "vnet_tf.commands.client", "vnet_tf.commands.compare_runs", "vnet_tf.commands.pool_folds",
                      "vnet_tf.commands.error_breakdown", "vnet_tf.commands.label_orientation")
-SHARED_MODULES = ("vnet_tf.core.cli",)
+SHARED_MODULES = ("vnet_tf.commands.cli",)
 
 
 def _absl_dump(command: str) -> list:

@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-from vnet_tf.core import cli
+from vnet_tf.commands import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model", [], "a training workdir (config.json + best.npz / checkpoint.npz), or an "

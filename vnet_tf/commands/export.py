@@ -16,8 +16,8 @@ import sys
 
 from absl import app, flags
 
-from vnet_tf.core import cli
-from vnet_tf.inference.graph_preprocessing import DEFAULT_MAX_VOXELS
+from vnet_tf.commands import cli
+from vnet_tf.inference.config import DEFAULT_MAX_VOXELS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", [], "the training workdir to export; several, comma-separated, export as one "

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from vnet_tf.core import cli
+from vnet_tf.commands import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model", [], "a training workdir, several (comma-separated: an ensemble), or an exported "

@@ -14,7 +14,7 @@ import pathlib
 from absl import app, flags
 
 from vnet_tf.commands import train_flags  # noqa: F401  (defines the flags, one module per stage)
-from vnet_tf.core import cli
+from vnet_tf.commands import cli
 
 FLAGS = flags.FLAGS
 # The modules that define train.py's flags, in the order --helpfull and the flag reference list them.

@@ -2,7 +2,7 @@
 
 A :class:`UserError` is raised for bad data, settings, paths or a corrupt file; its message
 names the file or setting, what was expected and what was found. The commands
-(:mod:`vnet_tf.core.cli`, ``python -m vnet_tf.data.check``) print it, or an ``OSError`` such as a
+(:mod:`vnet_tf.commands.cli`, ``python -m vnet_tf.data.check``) print it, or an ``OSError`` such as a
 permission refused or a full disk, as a few ``error:`` lines with no traceback, and exit
 non-zero. Any other exception is a bug and keeps its traceback.
 """

@@ -1,6 +1,5 @@
-"""Check a dataset before training: read every case and report *all* problems at once.
-
-    python -m vnet_tf.data.check DATA_DIR [--layout msd] [--num_classes 3] [--channels 1]
+"""Check a dataset before training: read every case and report *all* problems at once
+(the command: ``python -m vnet_tf.commands.check``, ``vnet-check``).
 
 Errors (the case is unusable): a missing, unreadable or truncated file; a 2D image; more
 or fewer channels than declared; zero or negative spacing; NaN or Inf intensities; a
@@ -15,18 +14,15 @@ the folder cannot be read as a dataset.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import os
-import sys
 from typing import List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from vnet_tf.data.cases import LAYOUTS, Case, Dataset, find_cases
-from vnet_tf.core.errors import describe
+from vnet_tf.data.cases import Case, Dataset
 from vnet_tf.core.integrity import nonfinite_problem
 from vnet_tf.core.io import Geometry, VolumeReadError, image_to_array, read_image
 from vnet_tf.core.labels import value_problem
@@ -235,34 +231,3 @@ def check_dataset(dataset: Dataset, num_classes: Optional[int] = None,
         problems += _channel_problems(dataset.cases, [found for _, _, found in per_case])
     found = tuple(sorted(set().union(*values))) if values else ()
     return CheckReport(tuple(dataset.cases), tuple(problems), found, num_classes)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m vnet_tf.data.check``."""
-    parser = argparse.ArgumentParser(prog="python -m vnet_tf.data.check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_dir", help="the dataset folder")
-    parser.add_argument("--layout", default="auto", choices=LAYOUTS, help="dataset layout")
-    parser.add_argument("--image_glob", help="with --layout glob, e.g. 'images/*.nii.gz'")
-    parser.add_argument("--label_glob", help="with --layout glob, e.g. 'labels/*.nii.gz'")
-    parser.add_argument("--num_classes", type=int, help="declared classes, background included")
-    parser.add_argument("--channels", type=int, help="declared image channels")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        dataset = find_cases(args.data_dir, args.layout, args.image_glob, args.label_glob)
-        report = check_dataset(dataset, args.num_classes, args.channels)
-    except (ValueError, OSError) as err:
-        if describe(err) is None:
-            raise
-        print(f"error: {describe(err)}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

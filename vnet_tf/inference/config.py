@@ -9,6 +9,10 @@ from typing import Tuple
 from vnet_tf.inference.segmentation import POSTPROCESS_MODES as POSTPROCESS
 
 BLENDS = ("gaussian", "constant")
+# The largest volume, at the run's spacing, that one call may segment (sized by the measured
+# peak memory of a larger request: BENCHMARKS.md, "Serving: memory and response sizes"); an
+# export's --max_voxels.
+DEFAULT_MAX_VOXELS = 48 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,11 +9,9 @@ import tensorflow as tf
 from vnet_tf.core.integrity import NONFINITE
 from vnet_tf.data.preprocess import PreprocessConfig
 from vnet_tf.inference import volume_ops
+from vnet_tf.inference.config import DEFAULT_MAX_VOXELS
 
-# The largest volume, at the run's spacing, that one call may segment (sized by the measured
-# peak memory of a larger request: BENCHMARKS.md, "Serving: memory and response sizes"), and
-# the smallest axis it accepts.
-DEFAULT_MAX_VOXELS = 48 * 1024 * 1024
+# The smallest axis a request may have.
 MIN_AXIS = 4
 # How far a request's direction may be from orthonormal (each entry of DᵀD - I): float32
 # cosines written by scanners and converters are within 1e-6; a sheared grid is refused.

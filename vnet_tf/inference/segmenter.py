@@ -20,8 +20,8 @@ import tensorflow as tf
 
 from vnet_tf.data.preprocess import PreprocessConfig
 from vnet_tf.inference import volume_ops
-from vnet_tf.inference.config import InferenceConfig
-from vnet_tf.inference.graph_preprocessing import DEFAULT_MAX_VOXELS, GraphPreprocessing
+from vnet_tf.inference.config import DEFAULT_MAX_VOXELS, InferenceConfig
+from vnet_tf.inference.graph_preprocessing import GraphPreprocessing
 from vnet_tf.inference.sliding_window import SlidingWindow
 
 

@@ -1,8 +1,8 @@
 """Send a scan to a TF Serving model and write the label map with the scan's geometry.
 
-    python -m vnet_tf.serving.client --scan case.nii.gz --output seg.nii.gz \\
+    python -m vnet_tf.commands.client --scan case.nii.gz --output seg.nii.gz \\
         --server localhost:8501 --model vnet [--protocol rest|grpc]
-    python -m vnet_tf.serving.client --scan case.nii.gz --request_json request.json   # for curl
+    python -m vnet_tf.commands.client --scan case.nii.gz --request_json request.json   # for curl
 
 The scan is read with SimpleITK (several ``--scan`` files are the channels of one case) and
 sent as it is, with its spacing (z, y, x) and direction cosines, to the ``serving_default``
@@ -17,9 +17,7 @@ server refuses raises ``ServingError`` with the server's own message.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import urllib.error
 import urllib.request
 from typing import Dict, Sequence
@@ -139,36 +137,3 @@ def write_request(scans: Sequence[str], path: str) -> None:
     scan = scan_arrays([read_image(s) for s in scans], names=scans)
     with open(path, "wb") as out:
         out.write(rest_request(scan.volume, scan.spacing_zyx, scan.direction))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scan", required=True, action="append", help="a scan file (repeat for each channel)")
-    parser.add_argument("--output", help="the label map to write (the scan's format and geometry)")
-    parser.add_argument("--request_json", help="write the REST request body here instead of sending it")
-    parser.add_argument("--server", default="localhost:8501", help="host:port (8501 REST, 8500 gRPC)")
-    parser.add_argument("--model", default="vnet", help="the model name in TF Serving")
-    parser.add_argument("--protocol", choices=("rest", "grpc"), default="rest",
-                        help="TF Serving's REST or gRPC API")
-    return parser
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if bool(args.output) == bool(args.request_json):
-        parser.error("give exactly one of --output and --request_json")
-    try:
-        if args.request_json:
-            write_request(args.scan, args.request_json)
-        else:
-            segment_file(args.scan, args.output, args.server, args.model, args.protocol)
-    except (ServingError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.request_json or args.output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

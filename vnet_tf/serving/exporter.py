@@ -24,7 +24,7 @@ from vnet_tf.core.errors import UserError
 from vnet_tf.core.folders import EXPORT_TEMPORARIES, remove_stale, writable_folder
 from vnet_tf.core.lock import folder_lock
 from vnet_tf.inference.ensemble import training_cases
-from vnet_tf.inference.graph_preprocessing import DEFAULT_MAX_VOXELS
+from vnet_tf.inference.config import DEFAULT_MAX_VOXELS
 from vnet_tf.inference.segmenter import Segmenter
 from vnet_tf.core.io import PathLike
 from vnet_tf.inference.loading import load_workdirs

@@ -9,11 +9,15 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import io
+import os
 import pathlib
 import re
 import sys
+import threading
 from typing import List, Optional, Sequence, Tuple
 
 from absl import app, flags
@@ -22,7 +26,8 @@ from vnet_tf.core.errors import UserError, describe
 
 EXIT_USER_ERROR = 2
 
-flags.DEFINE_bool("debug", False, "on an error, show the Python traceback as well as the message")
+flags.DEFINE_bool("debug", False, "on an error, show the Python traceback as well as the message; and show "
+                  "TensorFlow's native start-up log lines (CUDA probes, CPU features), which are dropped otherwise")
 
 
 def user_message(err: BaseException):
@@ -32,10 +37,14 @@ def user_message(err: BaseException):
     return describe(err)
 
 
-def guarded(main):
-    """``main`` that prints a user's error as ``error: ...`` and returns :data:`EXIT_USER_ERROR`."""
+def guarded(main, quiet_native: bool = False):
+    """``main`` that prints a user's error as ``error: ...`` and returns :data:`EXIT_USER_ERROR`;
+    ``quiet_native``: TensorFlow's C++ start-up lines are dropped (:func:`filter_native_logs`)
+    unless ``--debug`` is given."""
     @functools.wraps(main)
     def wrapped(argv):
+        if quiet_native and not flags.FLAGS["debug"].value:
+            filter_native_logs()
         try:
             return main(argv)
         except Exception as err:  # pylint: disable=broad-except
@@ -140,8 +149,47 @@ def parse_flags(argv):
 
 
 def run(main, argv=None) -> None:
-    """``absl.app.run`` with :func:`guarded` and :func:`parse_flags`; exits the process."""
-    app.run(guarded(main), argv=argv, flags_parser=parse_flags)
+    """``absl.app.run`` with :func:`guarded` and :func:`parse_flags`; exits the process. Run as the
+    process's command line (``argv`` None), it also filters TensorFlow's start-up lines."""
+    app.run(guarded(main, quiet_native=argv is None), argv=argv, flags_parser=parse_flags)
+
+
+# What TensorFlow's C++ side prints on starting on a machine without a GPU: absl's note on its
+# log, the CUDA probes ("failed call to cuInit", which reads as a failure), oneDNN's and the
+# CPU-feature notes. None is the user's concern; --debug shows them.
+_NATIVE_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWE]\d{4} [\d:.]+ +\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_dnn|cuda_fft|cuda_blas|port"
+    r"|cpu_feature_guard|cpu_allocator_impl)\.cc:\d+\]"
+    r"|To enable the following instructions:)")
+
+
+def filter_native_logs() -> None:
+    """From now on, lines written to the process's stderr by native code pass through a filter
+    that drops :data:`_NATIVE_NOISE` and forwards every other line (a real C++ error included);
+    Python's own ``sys.stderr`` writes straight to the terminal. Drained at exit."""
+    sys.stderr.flush()
+    real = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+    sys.stderr = io.TextIOWrapper(io.FileIO(os.dup(real), "w"), encoding="utf-8", errors="replace",
+                                  line_buffering=True)
+
+    def pump():
+        with io.FileIO(read, "r") as pipe:
+            for line in io.BufferedReader(pipe):
+                if not _NATIVE_NOISE.match(line.decode("utf-8", "replace")):
+                    os.write(real, line)
+
+    thread = threading.Thread(target=pump, name="native-log-filter", daemon=True)
+    thread.start()
+
+    def drain():
+        os.dup2(real, 2)  # the pipe's last writer closes: the pump reads to its end
+        thread.join(timeout=5)
+
+    atexit.register(drain)
 
 
 def output_folder_lock(folder, what: str):

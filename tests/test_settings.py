@@ -101,3 +101,13 @@ def test_parse_mirror_axes():
     for bad in (["3"], ["x"]):
         with pytest.raises(ValueError, match="mirror_axes"):
             parse_mirror_axes(bad)
+
+
+def test_a_setting_the_inference_graph_cannot_reproduce_is_refused_naming_it():
+    from vnet_tf.core.errors import UserError
+    from vnet_tf.data.preprocess import PreprocessConfig
+    from vnet_tf.training.config import TrainConfig
+    for field, value in (("image_interpolation", "bspline"), ("label_interpolation", "linear_argmax")):
+        config = TrainConfig(data_dir="d", workdir="w", preprocess=PreprocessConfig(**{field: value}))
+        with pytest.raises(UserError, match=rf"preprocess.{field} '{value}': the inference graph"):
+            config.validate()

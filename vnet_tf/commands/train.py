@@ -68,7 +68,7 @@ NOT_FLAGS = {
     "inference.blend": "Gaussian blending only", "inference.sigma_scale": "nnU-Net's 1/8 of the patch",
     "inference.min_size": "with --postprocess=min_size, not yet a flag",
     "preprocess.orientation": "LPS, the orientation the inference graph serves",
-    "preprocess.image_interpolation": "linear: the inference graph resamples linearly only",
+    "preprocess.image_interpolation": "linear: the inference graph resamples linearly only (another is refused)",
     "preprocess.label_interpolation": "nearest, as the inference graph maps labels back",
     "preprocess.crop_size_zyx": "a centre crop: the library's, for data larger than any patch",
     "preprocess.n4": "N4 bias correction; a run that used it cannot be exported",

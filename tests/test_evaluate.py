@@ -51,7 +51,7 @@ def test_evaluates_a_training_workdir(tiny_run, tmp_path):
     out = _evaluate(f"--model={run}", f"--data_dir={data}", f"--output_dir={tmp_path / 'report'}",
                     "--mirror_axes=2", "--fold=0", "--num_folds=3")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "label 1: Dice" in out.stdout and "ETA" in out.stdout
+    assert "label 1 (front): Dice" in out.stdout and "ETA" in out.stdout
     report = tmp_path / "report"
     summary = json.loads((report / "summary.json").read_text())
     config = json.loads((run / "config.json").read_text())

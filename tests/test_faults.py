@@ -326,7 +326,8 @@ def test_train_errors_name_what_to_fix(train_rows, world, name, words):
 def test_a_finished_run_rerun_changes_nothing(train_rows, world):
     results, good_state = train_rows
     good = world["root"] / "runs" / "good"
-    _check(results["good run"], 0, ["done: step 2", f"next, score the held-out fold: python evaluate.py "
+    _check(results["good run"], 0, ["done: step 2", "validation Dice per class: label 0 (background) 0.",
+                                    "label 2 (back) ", f"next, score the held-out fold: python evaluate.py "
                                     f"--model={good} --data_dir="], "good run")
     _check(results["finished run rerun"], 0, ["nothing to do", "is finished (step 2)", "--steps over 2"], "rerun")
     _check(results["other settings"], 2, [], "other settings")
@@ -432,7 +433,7 @@ def test_evaluate_errors_name_what_to_fix(evaluate_rows, world, name, code, word
 
 def test_evaluate_writes_its_report_and_no_partial_file(evaluate_rows, world):
     results, ids = evaluate_rows
-    _check(results["good"], 0, ["label 1: Dice", "report in"], "good")
+    _check(results["good"], 0, ["label 1 (front): Dice", "label 2 (back): Dice", "report in"], "good")
     out = world["root"] / "eval" / "good"
     rows = (out / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + 2 * len(ids)
@@ -474,7 +475,7 @@ def test_cases_are_named_by_the_listed_files_not_their_links_targets(evaluate_ro
     assert [c.case_id for c in linked.cases] == [c.case_id for c in plain.cases]
     assert all(c.images[0].is_symlink() and c.images[0].name.startswith(c.case_id) for c in linked.cases)
     results, ids = evaluate_rows
-    _check(results["listed files are links"], 0, ["label 1: Dice"], "linked")
+    _check(results["listed files are links"], 0, ["label 1 (front): Dice"], "linked")
     written = sorted(p.name for p in (world["root"] / "eval" / "linked" / "predictions").iterdir())
     assert written == sorted(f"{i}.nii.gz" for i in ids)
 

@@ -100,11 +100,11 @@ def _model_inputs(cases, settings: dict):
     return labels, dict(segment=loaded.segment, preprocess=loaded.preprocess, inference=loaded.inference)
 
 
-def _print_summary(summary: dict, num_cases: int) -> int:
+def _print_summary(summary: dict, num_cases: int, names: dict) -> int:
     for k, stats in summary["per_label"].items():
         d, h = stats["dice"], stats["hd95"]
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"label {k}: Dice {fmt(d['mean'])} +/- {fmt(d['std'])}, HD95 {fmt(h['mean'])} mm "
+        print(f"{cli.class_label(int(k), names)}: Dice {fmt(d['mean'])} +/- {fmt(d['std'])}, HD95 {fmt(h['mean'])} mm "
               f"({h['missing']} missing), n={d['n']}")
     print(f"report in {pathlib.Path(FLAGS.output_dir).resolve()}")
     if summary["num_failed"]:
@@ -132,7 +132,7 @@ def _evaluate() -> int:
         labels = sorted(k for k in (dataset.labels or {}) if k > 0) or [1]
         kwargs = dict(predictions_dir=FLAGS.predictions_dir)
     summary = evaluate_cases(cases, FLAGS.output_dir, labels, settings=settings, figures=FLAGS.figures, **kwargs)
-    return _print_summary(summary, len(cases))
+    return _print_summary(summary, len(cases), dataset.labels or {})
 
 
 def run() -> None:

@@ -208,9 +208,11 @@ def main(argv):
               f"are unchanged. To train it further, pass {more}.")
         return 0
     dice = summary["validation_dice_per_class"]
-    dice_text = "n/a" if dice is None else "[" + ", ".join(f"{d:.3f}" for d in dice) + "]"
+    from vnet_tf.data.cases import find_cases  # pylint: disable=import-outside-toplevel
+    names = find_cases(data_dir, FLAGS.layout).labels or {}
+    dice_text = "n/a" if dice is None else ", ".join(f"{cli.class_label(k, names)} {d:.3f}" for k, d in enumerate(dice))
     print(f"done: step {summary['steps']} ({summary['steps_per_second']} steps/s this run, peak memory "
-          f"{summary['peak_memory_mb']} MB); validation Dice per class (background first): {dice_text}; "
+          f"{summary['peak_memory_mb']} MB); validation Dice per class: {dice_text}; "
           f"outputs in {workdir.resolve()}")
     print(next_command(workdir, data_dir))
     if summary["stopped_by_budget"]:

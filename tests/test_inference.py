@@ -156,7 +156,8 @@ def test_resampling_matches_simpleitk_linear_and_nearest(rng):
     spacing_zyx = np.array([2.5, 0.8, 1.0])
     for target in [(1.5, 1.2, 1.1), (3.0, 0.5, 0.7), (1.0, 0.8, 2.5)]:
         size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), target[::-1])]
-        grid = volume_ops.resampled_size(tf.constant(array.shape), tf.constant(spacing_zyx), target)
+        extent = volume_ops.resampled_extent(tf.constant(array.shape), tf.constant(spacing_zyx), target)
+        grid = volume_ops.grid_of(extent)
         assert grid.numpy().tolist() == size[::-1]
         for interpolator, nearest, tol in ((sitk.sitkLinear, False, 1e-5), (sitk.sitkNearestNeighbor, True, 0)):
             expected = sitk.GetArrayFromImage(sitk.Resample(image, size, sitk.Transform(), interpolator, image.GetOrigin(),

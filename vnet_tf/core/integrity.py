@@ -16,21 +16,27 @@ from typing import Optional
 
 import numpy as np
 
+def _nifti_header(head: bytes):
+    """``(endian, datatype, vox_offset)`` from the start of a NIfTI-1/-2 file (its first 540
+    bytes suffice); ``struct.error`` where they are too few."""
+    (size,) = struct.unpack("<i", head[:4])
+    endian = "<" if size in (348, 540) else ">"
+    (size,) = struct.unpack(endian + "i", head[:4])
+    if size == 348:
+        datatype = struct.unpack(endian + "h", head[70:72])[0]
+        offset = int(struct.unpack(endian + "f", head[108:112])[0])
+    else:
+        datatype = struct.unpack(endian + "h", head[12:14])[0]
+        offset = int(struct.unpack(endian + "q", head[168:176])[0])
+    return endian, datatype, offset
+
+
 def _nifti_payload(path: pathlib.Path):
     """``(content, endian, datatype, vox_offset)`` of a NIfTI-1/-2 file, decompressed."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as handle:
         content = handle.read()
-    (size,) = struct.unpack("<i", content[:4])
-    endian = "<" if size in (348, 540) else ">"
-    (size,) = struct.unpack(endian + "i", content[:4])
-    if size == 348:
-        datatype = struct.unpack(endian + "h", content[70:72])[0]
-        offset = int(struct.unpack(endian + "f", content[108:112])[0])
-    else:
-        datatype = struct.unpack(endian + "h", content[12:14])[0]
-        offset = int(struct.unpack(endian + "q", content[168:176])[0])
-    return content, endian, datatype, offset
+    return (content, *_nifti_header(content))
 
 
 def _nifti_problem(path: pathlib.Path, data_bytes: int) -> Optional[str]:
@@ -50,23 +56,9 @@ def _nifti_float_type(path: pathlib.Path) -> Optional[str]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
-            header = handle.read(16)
-    except (EOFError, OSError, zlib.error):
+            _, datatype, _ = _nifti_header(handle.read(540))
+    except (EOFError, OSError, zlib.error, struct.error):
         return None
-    if len(header) < 16:
-        return None
-    for endian in "<>":
-        (size,) = struct.unpack(endian + "i", header[:4])
-        if size in (348, 540):
-            break
-    else:
-        return None
-    if size == 348:
-        with opener(path, "rb") as handle:
-            header = handle.read(72)
-        datatype = struct.unpack(endian + "h", header[70:72])[0] if len(header) == 72 else None
-    else:
-        datatype = struct.unpack(endian + "h", header[12:14])[0]
     return {16: "f4", 64: "f8"}.get(datatype)
 
 

@@ -71,11 +71,6 @@ def grid_of(extent):
     return tf.cast(tf.minimum(extent, float(2 ** 31 - 1)), tf.int32)
 
 
-def resampled_size(size, spacing, target: Sequence[float]):
-    """:func:`resampled_extent` as int32 (:func:`grid_of`)."""
-    return grid_of(resampled_extent(size, spacing, target))
-
-
 def resample(volume, from_spacing, to_spacing, new_size, nearest: bool = False):
     """Resamples ``volume (D, H, W, ...)`` from ``from_spacing`` to ``to_spacing`` (``[3]``
     each, mm) onto ``new_size`` with the origin kept, as ``SimpleITK.Resample`` does: output

@@ -45,7 +45,7 @@ def check_request(volume: np.ndarray, spacing_zyx, direction) -> Dict[str, np.nd
         raise ValueError(f"input volume: expected [D,H,W], [D,H,W,C] or [B,D,H,W,C]; got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise ValueError(f"input volume: expected numbers (sent as float32); got dtype {array.dtype}")
-    problem = nonfinite_problem(None, array) if array.dtype.kind == "f" else None
+    problem = nonfinite_problem(None, array)
     if problem:
         raise ValueError(f"input volume: {problem}")
     spacing = np.asarray(spacing_zyx, np.float32).ravel()

@@ -18,7 +18,7 @@ A B C A B C within each setting, after warm-up steps. Models:
 Training step = forward + Dice loss + backward + SGD (momentum 0.99); ours is the library's
 own compiled step (``vnet_tf.training.step.make_step``, what train.py runs). Forward = inference
 mode without gradients. FLOPs are counted analytically from the layer shapes
-(``vnet_tf.model.flops``; convolutions only, 2 per multiply-accumulate; MONAI's by the same rule
+(``bench/flops.py``; convolutions only, 2 per multiply-accumulate; MONAI's by the same rule
 from hooks on its convolutions). The float32 matmul peak is measured in each process.
 Peak memory is the process's peak resident set (``ru_maxrss``), framework import included;
 "working" subtracts the resident set after import and model build.
@@ -119,7 +119,7 @@ def ours_worker(args) -> dict:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.tf_inter_op)
     import keras  # pylint: disable=import-outside-toplevel
-    from vnet_tf.model.flops import count_flops  # pylint: disable=import-outside-toplevel
+    from flops import count_flops  # pylint: disable=import-outside-toplevel  (bench/flops.py)
     from vnet_tf.core.runtime import onednn_enabled  # pylint: disable=import-outside-toplevel
 
     keras.utils.set_random_seed(0)

@@ -30,7 +30,7 @@ _PARKED = {}
 
 
 def _command_of(module_name: str):
-    """The command whose flags ``module_name`` defines (``vnet_tf.commands.train_flags.data``:
+    """The command whose flags ``module_name`` lists (``vnet_tf.commands.train.data``:
     train), or None."""
     prefix = "vnet_tf.commands."
     if not module_name.startswith(prefix):
@@ -38,7 +38,7 @@ def _command_of(module_name: str):
     head = module_name[len(prefix):].split(".")[0]
     if head in SHARED:
         return None
-    return head[: -len("_flags")] if head.endswith("_flags") else head
+    return head
 
 
 def _take_out(flag_values, keep):
@@ -62,7 +62,7 @@ def _put_back(flag_values, pairs):
         for name in {flag.name, flag.short_name} - {None}:
             flag_values[name] = flag
         flag_values.register_flag_by_module(owner, flag)
-        flag_values.register_flag_by_module_id(id(sys.modules[owner]), flag)
+        flag_values.register_flag_by_module_id(id(sys.modules.get(owner)), flag)  # as absl registers it
         if key:
             flag_values.register_key_flag_for_module(owner, flag)
 

@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import pathlib
+import sys
 
 # pytest.ini runs two workers on the reference machine's two cores: one TensorFlow compute
 # thread each (and in the processes they start) keeps them from contending for both cores
@@ -33,8 +34,11 @@ def hippocampus_dir():
 
 def load_bench(name):
     """The module of ``bench/<name>.py`` (bench scripts are not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

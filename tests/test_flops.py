@@ -5,8 +5,10 @@ import vnet_tf  # noqa: F401  (oneDNN setting before TensorFlow)
 import keras
 import pytest
 
-from vnet_tf.model.flops import count_flops
+from conftest import load_bench
 from vnet_tf.model.vnet import build_vnet
+
+count_flops = load_bench("flops").count_flops
 
 
 def test_one_conv_layer_matches_hand_count():

@@ -7,7 +7,7 @@ from vnet_tf.augment import chain as A
 from vnet_tf.data.cache import preprocess_dataset
 from vnet_tf.data.cases import find_cases
 from vnet_tf.core.io import Geometry, write_volume
-from vnet_tf.training.pipeline import CaseStore, PipelineConfig, PatchSampler, training_dataset, validation_dataset
+from vnet_tf.training.pipeline import CaseStore, PipelineConfig, PatchSampler, training_dataset
 from vnet_tf.data.preprocess import PreprocessConfig
 
 
@@ -121,12 +121,6 @@ def test_out_of_memory_budget_reads_from_files(blob_cases):
     in_memory = CaseStore(blob_cases)
     config = PipelineConfig(patch_size_zyx=(8, 8, 8), seed=0)
     np.testing.assert_array_equal(PatchSampler(store, config).batch(4)[0], PatchSampler(in_memory, config).batch(4)[0])
-
-
-def test_validation_dataset_yields_whole_volumes(blob_cases):
-    items = list(validation_dataset(blob_cases))
-    assert len(items) == 3 and items[0]["image"].shape == (40, 40, 40, 1)
-    assert items[1]["case_id"].numpy().decode() == "c_01"
 
 
 def test_bad_pipeline_settings():

@@ -181,7 +181,7 @@ def test_the_graph_preprocesses_real_cases_as_the_training_cache(hippocampus_dir
         image = read_image(path)
         expected, _, _ = preprocess_case([image], None, preprocess)
         scan = scan_arrays([image])
-        got = segmenter.preprocess_volume(tf.constant(scan.volume), tf.constant(scan.spacing_zyx),
-                                          tf.constant(scan.direction)).numpy()
+        got = segmenter.graph_preprocessing.preprocess_volume(
+            tf.constant(scan.volume), tf.constant(scan.spacing_zyx), tf.constant(scan.direction))[0].numpy()
         assert got.shape == expected.shape, path.name
         np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=path.name)

@@ -1,6 +1,8 @@
-"""Every training setting is defined once: train.py with no flags builds exactly the
-dataclasses' defaults, each flag sets the one field ``FIELD_OF`` names and nothing else, and
-every field of TrainConfig has a flag or a stated reason for having none."""
+"""Every training setting is defined once, in its config field (:mod:`vnet_tf.core.settings`):
+train.py's flags are generated from the fields without importing TensorFlow, train.py with no
+flags builds exactly the dataclasses' defaults, each flag sets the one setting ``FIELD_OF``
+names and nothing else, every field has a flag or a stated reason for having none, and a run's
+config holds one patch size."""
 
 import dataclasses
 
@@ -38,13 +40,13 @@ def command(monkeypatch):
 
 
 def _leaves(config, prefix=""):
+    """The settings as config.json holds them, by dotted path."""
     out = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if dataclasses.is_dataclass(value):
-            out.update(_leaves(value, f"{prefix}{field.name}."))
+    for name, value in (config.to_dict() if prefix == "" else config).items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{name}."))
         else:
-            out[f"{prefix}{field.name}"] = value
+            out[f"{prefix}{name}"] = value
     return out
 
 
@@ -85,14 +87,41 @@ def test_each_flag_sets_its_field_and_nothing_else(command):
 
 
 def test_every_field_has_a_flag_or_a_reason(command):
+    from vnet_tf.core.settings import flag, settings
     from vnet_tf.training.config import TrainConfig
     fields = set(_leaves(TrainConfig(data_dir="", workdir="")))
     mapped, excused = set(command.FIELD_OF.values()), set(command.NOT_FLAGS)
     assert not mapped & excused
-    assert fields == mapped | excused, (sorted(fields - mapped - excused), sorted((mapped | excused) - fields))
+    # Each setting once: the inference settings' patch size is the run's (no second copy).
+    assert fields == (mapped | excused) - {"inference.patch_size_zyx"}, sorted(fields ^ (mapped | excused))
     own = {flag.name for module in command.FLAG_MODULES for flag in flags.FLAGS.get_flags_for_module(module)}
-    assert not flags.FLAGS.get_flags_for_module(command.__name__)  # all defined by stage, none loose
+    assert not flags.FLAGS.get_flags_for_module(command.__name__)  # all listed by stage, none loose
     assert own == set(command.FIELD_OF) | set(command.COMMAND_ONLY)
+
+    @dataclasses.dataclass(frozen=True)
+    class Unexplained:
+        with_flag: int = flag(1, name="with_flag", help="h")
+        without: int = 2
+
+    with pytest.raises(TypeError, match="Unexplained.without: give it a flag or say why it has none"):
+        settings(Unexplained)
+
+
+def test_one_patch_size_in_the_run_config():
+    from vnet_tf.training.config import TrainConfig
+    config = TrainConfig(data_dir="d", workdir="w", patch_size_zyx=(16, 24, 32))
+    assert config.inference.patch_size_zyx == (16, 24, 32)
+    recorded = config.to_dict()
+    assert recorded["patch_size_zyx"] == (16, 24, 32) and "patch_size_zyx" not in recorded["inference"]
+
+
+def test_the_flags_are_defined_without_tensorflow():
+    import subprocess
+    import sys
+    code = ("import sys, vnet_tf.commands.train as t; assert t.FIELD_OF['patch_size'] == 'patch_size_zyx'; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_parse_mirror_axes():

@@ -103,6 +103,7 @@ def test_run_written_before_a_setting_existed_resumes_with_its_default(tiny_run,
     for key in ("dice_squared", "batch_dice", "deep_supervision"):  # added in a later version
         del written["train"][key]
     del written["train"]["model"]["architecture"], written["model"]["architecture"]  # likewise, nested
+    written["train"]["inference"]["patch_size_zyx"] = [32, 32, 32]  # a stale copy, as earlier versions wrote
     config_file.write_text(json.dumps(written))
     argv = [a for a in done.args[1:] if not a.startswith(("--workdir=", "--steps="))] + [f"--workdir={copy}"]
     resumed = run_command("train", *argv, "--steps=41")
@@ -119,7 +120,7 @@ def test_run_written_before_a_setting_existed_resumes_with_its_default(tiny_run,
     (["--aug_elastic_p=1.5"], "aug_elastic_p"),
     (["--loss=focal"], "loss"),
     (["--aug_scale=1.2"], "--aug_scale: expected 2 values"),
-    (["--aug_lowres_zoom=0.5,2"], "--aug_lowres_zoom: expected values in (0, 1]"),
+    (["--aug_lowres_zoom=0.5,2"], "--aug_lowres_zoom must lie in (0, 1]"),
     (["--fold=7"], "fold"),
     (["--fold=-2"], "--fold"),
     (["--deep_supervision=2"], "deep_supervision must be in [0, 1]"),

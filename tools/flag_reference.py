@@ -5,7 +5,7 @@
 
 The flags are read from the commands themselves: the absl flags of :mod:`vnet_tf.commands`
 ``train``, ``evaluate``, ``predict`` and ``export`` (each imported in its own process, as their
-flag names overlap; train.py's by stage, from the modules its ``FLAG_MODULES`` names), and the
+flag names overlap; train.py's by stage, under the titles its ``FLAG_GROUPS`` gives), and the
 argparse parsers of the other commands (``build_parser``).
 """
 
@@ -25,7 +25,7 @@ SHARED_MODULES = ("vnet_tf.commands.cli",)
 
 
 def _absl_dump(command: str) -> list:
-    """The flags the command defines (in its own module, or by stage in its ``FLAG_MODULES``)
+    """The flags the command defines (in its own module, or by stage in its ``FLAG_GROUPS``)
     and the shared CLI module's, as dicts (run in its own process)."""
     sys.path.insert(0, str(REPO))
     import importlib
@@ -34,10 +34,8 @@ def _absl_dump(command: str) -> list:
     module = importlib.import_module(module_name)
     field_of = getattr(module, "FIELD_OF", {})
     rows = []
-    for owner in (*getattr(module, "FLAG_MODULES", (module_name,)), *SHARED_MODULES):
-        # A stage module's section is its docstring's title ("Data: ..." -> "Data").
-        title = (importlib.import_module(owner).__doc__ or "").strip().split("\n")[0].split(":")[0].rstrip(".")
-        section = "errors" if owner in SHARED_MODULES else ("" if owner == module_name else title)
+    groups = {**getattr(module, "FLAG_GROUPS", {module_name: ""}), **{name: "errors" for name in SHARED_MODULES}}
+    for owner, section in groups.items():
         for flag in flags.FLAGS.get_flags_for_module(owner):
             rows.append({"name": flag.name, "type": flag.flag_type(),
                          "default": (flag.default_as_str or "").strip("'"), "help": flag.help,

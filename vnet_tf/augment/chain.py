@@ -35,6 +35,7 @@ import keras
 from keras import layers
 
 from vnet_tf.augment.base import AugmentationLayer
+from vnet_tf.augment.config import AugmentConfig
 from vnet_tf.augment.intensity import (HistogramMatching, RandomBrightnessContrast,
                                        RandomGamma, RandomGaussianBlur, RandomGaussianNoise,
                                        RandomLowResolution, quantile_table)
@@ -70,58 +71,6 @@ class Augmentation(AugmentationLayer):
         config.pop("seed")
         config["transforms"] = [keras.saving.serialize_keras_object(t) for t in self.transforms]
         return config
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Probabilities and strengths of every transform; a probability of 0 leaves it out.
-
-    Order of application: histogram matching, one spatial resampling (affine + elastic),
-    noise, blur, brightness/contrast, low resolution, inverted gamma, gamma, flips (nnU-Net's
-    order; its probabilities are noise 0.1, blur 0.2, brightness 0.15 and contrast 0.15, low
-    resolution 0.25, inverted gamma 0.1, gamma 0.3).
-    """
-
-    histogram_probability: float = 0.0
-    histogram_landmarks: int = 11
-    elastic_probability: float = 0.0
-    elastic_mesh: Tuple[int, int, int] = (2, 2, 2)
-    elastic_sigma: float = 15.0
-    elastic_axes: Tuple[bool, bool, bool] = (True, True, True)
-    affine_probability: float = 0.0
-    rotation_degrees: Tuple[float, float, float] = (15.0, 15.0, 15.0)
-    scale_range: Tuple[float, float] = (0.85, 1.15)
-    anisotropic_scale: float = 0.0
-    label_interpolation: str = "nearest"
-    fill_mode: str = "nearest"
-    noise_probability: float = 0.0
-    noise_std: float = 0.1
-    blur_probability: float = 0.0
-    blur_sigma: Tuple[float, float] = (0.5, 1.0)
-    brightness_contrast_probability: float = 0.0
-    brightness_range: Tuple[float, float] = (0.75, 1.25)
-    contrast_range: Tuple[float, float] = (0.75, 1.25)
-    gamma_probability: float = 0.0
-    gamma_range: Tuple[float, float] = (0.7, 1.5)
-    gamma_inverted_probability: float = 0.0
-    gamma_retain_stats: bool = False
-    lowres_probability: float = 0.0
-    lowres_zoom: Tuple[float, float] = (0.5, 1.0)
-    flip_axes: Tuple[int, ...] = ()
-    flip_probability: float = 0.5
-
-    @classmethod
-    def paper(cls, **overrides) -> "AugmentConfig":
-        """Milletari et al.: B-spline deformation (2x2x2 cells, sigma 15 voxels) and
-        histogram matching, on every sample."""
-        return cls(**{"elastic_probability": 1.0, "histogram_probability": 1.0, **overrides})
-
-    @property
-    def enabled(self) -> bool:
-        return any(entry.enabled(self) for entry in TRANSFORMS)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ def flagfile_text(plan, fingerprint_lines, data_dir: str) -> str:
     """The flagfile: a header, then each group of flags under its reason as a comment."""
     day = datetime.date.today().isoformat()
     lines = [f"# Planned by vnet-plan from {data_dir} on {day}.", *[f"# {line}" for line in fingerprint_lines]]
-    for reason, values in plan.groups:
+    for reason, values in plan.flag_groups:
         lines += ["", f"# {reason}", *[f"--{k}={v}" for k, v in values.items()]]
     return "\n".join(lines) + "\n"
 
@@ -63,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.exit(2, f"error: {describe(err)}\n")
     print("\n".join(fingerprint.lines()))
     print("\nplanned:")
-    for reason, values in plan.groups:
+    for reason, values in plan.flag_groups:
         print(f"  {' '.join(f'--{k}={v}' for k, v in values.items()) or '(train.py defaults)'}\n      {reason}")
     print(f"\nwrote {output}; next: python train.py --flagfile={output}")
     return 0

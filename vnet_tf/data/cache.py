@@ -2,9 +2,8 @@
 
 Layout: ``CACHE_DIR/<config key>/config.json`` (the :class:`PreprocessConfig` that made the
 cache) and one ``<case id>.npz`` per case holding ``image`` float32 ``(z, y, x, c)``,
-``label`` uint8 ``(z, y, x)`` (absent without a label), ``record`` (the
-:class:`PreprocessRecord` as JSON) and ``source`` (size and modification time of every
-input file). A cached case is reused only while its config key and source fingerprint
+``label`` uint8 ``(z, y, x)`` (absent without a label) and ``source`` (size and modification
+time of every input file). A cached case is reused only while its config key and source fingerprint
 match; files are written under a temporary name and renamed, so an interrupted run never
 leaves a half-written case behind.
 """
@@ -27,7 +26,7 @@ from vnet_tf.core.errors import UserError, describe
 from vnet_tf.core.folders import CACHE_TEMPORARIES, atomic_write, atomic_write_text, remove_stale, writable_folder
 from vnet_tf.core.io import PathLike, read_image
 from vnet_tf.core.npz import load_npz
-from vnet_tf.data.preprocess import PreprocessConfig, PreprocessRecord, preprocess_case
+from vnet_tf.data.preprocess import PreprocessConfig, preprocess_case
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +34,6 @@ class CachedCase:
     case_id: str
     image: np.ndarray
     label: Optional[np.ndarray]
-    record: PreprocessRecord
 
 
 def config_key(config: PreprocessConfig) -> str:
@@ -78,8 +76,8 @@ def cache_case(case: Case, config: PreprocessConfig, out_dir: pathlib.Path) -> T
     if _is_fresh(target, fingerprint):
         return target, True
     images, label = read_case(case)
-    image, label_array, record = preprocess_case(images, label, config)
-    arrays = {"image": image, "record": np.array(record.to_json()), "source": np.array(fingerprint)}
+    image, label_array, _ = preprocess_case(images, label, config)
+    arrays = {"image": image, "source": np.array(fingerprint)}
     if label_array is not None:
         arrays["label"] = label_array
     atomic_write(target, lambda handle: np.savez(handle, **arrays))
@@ -119,5 +117,4 @@ def preprocess_dataset(cases: Sequence[Case], config: PreprocessConfig, cache_di
 def load_cached_case(path: PathLike) -> CachedCase:
     """Reads one cached case."""
     data = load_npz(path)
-    return CachedCase(pathlib.Path(path).stem, data["image"], data.get("label"),
-                      PreprocessRecord.from_json(str(data["record"])))
+    return CachedCase(pathlib.Path(path).stem, data["image"], data.get("label"))

@@ -14,14 +14,13 @@ Steps, in order, each optional (see :class:`PreprocessConfig`):
    1.5x1x1 mm) or keep the size.
 
 Every spatial setting here is in array order ``(z, y, x)`` and named ``*_zyx``.
-:class:`PreprocessRecord` holds what is needed to put a prediction back onto the original
-grid: :func:`restore_label` and :func:`restore_probabilities`.
+:class:`PreprocessRecord` holds the grids a case went through (the inference graph maps
+predictions back itself: :mod:`vnet_tf.inference.graph_preprocessing`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,6 +29,7 @@ import SimpleITK as sitk
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.io import Geometry
 from vnet_tf.core.labels import value_problem
+from vnet_tf.core.settings import flag, no_flag
 
 NORMALIZATIONS = ("none", "zscore", "zscore_foreground", "rescale", "ct")
 IMAGE_INTERPOLATIONS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
@@ -41,15 +41,22 @@ AXIS_OF_LETTER = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 class PreprocessConfig:
     """What to do to every case (defaults: reorient to LPS, z-score, keep spacing and size)."""
 
-    orientation: Optional[str] = "LPS"
-    target_spacing_zyx: Optional[Tuple[float, float, float]] = None
-    image_interpolation: str = "linear"
-    label_interpolation: str = "nearest"
-    normalization: str = "zscore"
-    clip_percentiles: Optional[Tuple[float, float]] = None
-    ct_statistics: Optional[Tuple[float, float, float, float]] = None
-    crop_size_zyx: Optional[Tuple[int, int, int]] = None
-    n4: bool = False
+    orientation: Optional[str] = no_flag("LPS", "LPS, the orientation the inference graph serves")
+    target_spacing_zyx: Optional[Tuple[float, float, float]] = flag(
+        None, name="target_spacing", positive=True, help="resample to this spacing in mm, z,y,x; empty = keep")
+    image_interpolation: str = no_flag("linear", "linear: the inference graph resamples linearly only (another "
+                                       "is refused)")
+    label_interpolation: str = no_flag("nearest", "nearest, as the inference graph maps labels back")
+    normalization: str = flag("zscore", name="intensity_normalization", choices=NORMALIZATIONS,
+                              help="per-case intensity normalisation; ct: the dataset's --ct_statistics")
+    clip_percentiles: Optional[Tuple[float, float]] = flag(
+        None, name="clip_percentiles", help="clip intensities to these percentiles first, e.g. 0.5,99.5")
+    ct_statistics: Optional[Tuple[float, float, float, float]] = flag(None, name="ct_statistics", help=(
+        "with --intensity_normalization=ct: low,high,mean,std: clip to [low, high], then (x - mean) / std "
+        "(vnet-plan measures them in the labelled foreground)"))
+    crop_size_zyx: Optional[Tuple[int, int, int]] = no_flag(None, "a centre crop: the library's, for data larger "
+                                                            "than any patch")
+    n4: bool = no_flag(False, "N4 bias correction; a run that used it cannot be exported")
 
     def validate(self) -> "PreprocessConfig":
         code = (self.orientation or "").upper()
@@ -105,22 +112,6 @@ class PreprocessRecord:
     resampled_geometry: Geometry
     crop_start_zyx: Tuple[int, int, int]  # negative = padding before
     final_size_zyx: Tuple[int, int, int]
-
-    def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        for key in ("original_geometry", "oriented_geometry", "resampled_geometry"):
-            data[key] = getattr(self, key).to_dict()
-        return json.dumps(data)
-
-    @classmethod
-    def from_json(cls, text: str) -> "PreprocessRecord":
-        data = json.loads(text)
-        for key in ("original_geometry", "oriented_geometry", "resampled_geometry"):
-            data[key] = Geometry.from_dict(data[key])
-        for key, value in data.items():
-            if isinstance(value, list):
-                data[key] = tuple(value)
-        return cls(**data)
 
 
 def split_channels(image: sitk.Image) -> List[sitk.Image]:
@@ -271,44 +262,3 @@ def preprocess_case(images: Sequence[sitk.Image], label: Optional[sitk.Image],
         resampled_geometry=Geometry.of(resampled), crop_start_zyx=tuple(int(s) for s in start),
         final_size_zyx=tuple(int(s) for s in final))
     return image_array.astype(np.float32), label_array, record
-
-
-def _to_original(array: np.ndarray, record: PreprocessRecord, interpolator) -> sitk.Image:
-    """Uncrop, resample and reorient a ``(z, y, x)`` array back to the original grid."""
-    uncropped = crop_or_pad(array, tuple(-s for s in record.crop_start_zyx), record.resampled_size_zyx)
-    image = record.resampled_geometry.apply_to(sitk.GetImageFromArray(uncropped))
-    if record.resampled_size_zyx != record.oriented_size_zyx or \
-            record.resampled_geometry.differences(record.oriented_geometry):
-        geo = record.oriented_geometry
-        image = sitk.Resample(image, list(reversed(record.oriented_size_zyx)), sitk.Transform(),
-                              interpolator, geo.origin, geo.spacing, geo.direction, 0.0,
-                              image.GetPixelID())
-    image = sitk.DICOMOrient(image, record.original_orientation)
-    if _size_zyx(image) != tuple(record.original_size_zyx):
-        raise ValueError(f"restored size {_size_zyx(image)} differs from the original "
-                         f"{record.original_size_zyx}: the record does not match this prediction")
-    return record.original_geometry.apply_to(image)
-
-
-def restore_label(label: np.ndarray, record: PreprocessRecord) -> Tuple[np.ndarray, Geometry]:
-    """Maps a ``(z, y, x)`` label map from the preprocessed grid back to the original one
-    (nearest neighbour). Returns ``(array, geometry)`` of the original scan."""
-    if tuple(label.shape) != tuple(record.final_size_zyx):
-        raise ValueError(f"label shape {tuple(label.shape)} differs from the preprocessed size "
-                         f"{record.final_size_zyx}")
-    image = _to_original(np.asarray(label), record, sitk.sitkNearestNeighbor)
-    return sitk.GetArrayFromImage(image), record.original_geometry
-
-
-def restore_probabilities(probabilities: np.ndarray, record: PreprocessRecord) -> np.ndarray:
-    """Maps ``(z, y, x, C)`` class probabilities back to the original grid (linear per class;
-    voxels outside the cropped window get probability 1 for class 0)."""
-    channels = []
-    for c in range(probabilities.shape[-1]):
-        channel = np.asarray(probabilities[..., c], dtype=np.float32)
-        if c == 0:  # outside the window is background: pad with 1 via 1 - (1 - p)
-            restored = 1.0 - sitk.GetArrayFromImage(_to_original(1.0 - channel, record, sitk.sitkLinear))
-        else:
-            restored = sitk.GetArrayFromImage(_to_original(channel, record, sitk.sitkLinear))
-        channels.append(restored)
-    return np.stack(channels, axis=-1)

@@ -42,7 +42,6 @@ class Segmenter(tf.Module):
       ``(D, H, W)`` and ``probabilities`` float32 ``(D, H, W, K)`` on the input's grid.
     - :meth:`segment_labels`: the same without the probabilities (less memory).
     - :meth:`sliding_window`: a preprocessed ``(D, H, W, C)`` volume -> probabilities.
-    - :meth:`preprocess_volume`: the network's input for a volume as :meth:`segment` makes it.
     - :meth:`predict_patch`: ``(N, pz, py, px, C)`` preprocessed patches -> probabilities.
 
     Its parts: :class:`~vnet_tf.inference.graph_preprocessing.GraphPreprocessing` (the request's
@@ -70,8 +69,6 @@ class Segmenter(tf.Module):
         self.segment_labels = tf.function(lambda v, s, d: self.segment_ops(v, s, d, False),
                                           autograph=False, input_signature=[volume_spec, *geometry])
         self.sliding_window = tf.function(self.window.probabilities, autograph=False, input_signature=[volume_spec])
-        self.preprocess_volume = tf.function(lambda v, s, d: self.graph_preprocessing.preprocess_volume(v, s, d)[0],
-                                             autograph=False, input_signature=[volume_spec, *geometry])
         self.predict_patch = tf.function(self.window.predict_patch, autograph=False, input_signature=[
             tf.TensorSpec([None, p[0], p[1], p[2], c], tf.float32, name="patches")])
 

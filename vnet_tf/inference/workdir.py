@@ -22,7 +22,7 @@ from vnet_tf.model.checkpoint import read_meta, restore_checkpoint, save_checkpo
 from vnet_tf.inference.config import InferenceConfig
 from vnet_tf.core.io import PathLike
 from vnet_tf.model.networks import build_network
-from vnet_tf.model.vnet import VNetConfig
+from vnet_tf.model.config import VNetConfig
 from vnet_tf.data.preprocess import PreprocessConfig
 
 CONFIG, CHECKPOINT, BEST = "config.json", "checkpoint.npz", "best.npz"

@@ -1,27 +1,33 @@
-"""The settings of a training run: :class:`TrainConfig`, each field checked by
-:meth:`TrainConfig.validate` before any work (``train.py``'s flags build it)."""
+"""The settings of a training run: :class:`TrainConfig` and its :class:`OptimizerConfig`, each
+field checked by :meth:`TrainConfig.validate` before any work. Each field declares its
+``train.py`` flag (:mod:`vnet_tf.core.settings`): the flags, the flag reference and the
+planner's flagfiles are generated from these fields. Importing this module does not import
+TensorFlow, so that the flags are defined before it loads."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
-from vnet_tf.augment import chain as aug_lib
+from vnet_tf.augment.config import AugmentConfig
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.labels import MAX_CLASSES
-from vnet_tf.data.cases import check_fold
+from vnet_tf.core.settings import Flag, flag, group, no_flag
+from vnet_tf.data.cases import LAYOUTS, check_fold
 from vnet_tf.data.preprocess import PreprocessConfig
 from vnet_tf.inference.config import InferenceConfig
-from vnet_tf.model import averaging
-from vnet_tf.model import deep_supervision as ds_lib
+from vnet_tf.inference.segmentation import POSTPROCESS_MODES
+from vnet_tf.model.config import VNetConfig, required_divisor
 from vnet_tf.model.registry import LOSSES
-from vnet_tf.model.vnet import VNetConfig, check_spatial_shape
-from vnet_tf.training.optim import OptimizerConfig
-from vnet_tf.training.pipeline import PipelineConfig
 
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16", "auto")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 AUGMENT_ON = ("device", "host")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "poly", "cosine")
+PATCH_SIZE = InferenceConfig.patch_size_zyx  # the one default patch, training's and inference's
+# The layouts a flag may name: ``glob`` needs two patterns, which a library caller passes.
+FLAG_LAYOUTS = tuple(name for name in LAYOUTS if name != "glob")
 
 
 def mixed_policy(name):
@@ -30,43 +36,136 @@ def mixed_policy(name):
 
 
 @dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimiser and its learning-rate schedule (:mod:`vnet_tf.training.optim`)."""
+
+    name: str = flag("adam", name="optimizer", help="optimiser", choices=OPTIMIZERS)
+    learning_rate: float = flag(3e-3, name="learning_rate", help="initial learning rate", lower=0.0)
+    momentum: float = flag(0.99, name="momentum", help="SGD momentum", lower=0.0)
+    nesterov: bool = flag(False, name="nesterov", help="Nesterov momentum (SGD)")
+    weight_decay: float = flag(0.0, name="weight_decay", help="weight decay", lower=0.0)
+    schedule: str = flag("constant", name="lr_schedule", help="learning-rate schedule", choices=SCHEDULES)
+    decay_steps: int = flag(25_000, name="lr_decay_steps", help="step schedule: decay every this many steps",
+                            lower=0)
+    decay_factor: float = flag(0.1, name="lr_decay_factor", help="step schedule: multiply by this")
+    poly_power: float = flag(0.9, name="poly_power", help="poly schedule power")
+    warmup_steps: int = flag(0, name="warmup_steps", help="linear warm-up steps", lower=0)
+    clipnorm: float = flag(0.0, name="clipnorm", help="clip each gradient to this norm (0 = off)", lower=0.0)
+
+    def validate(self) -> "OptimizerConfig":
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.name!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.decay_steps < 1 or not 0 < self.decay_factor <= 1:
+            raise ValueError(f"lr decay needs decay_steps >= 1 and decay_factor in (0, 1], got "
+                             f"{self.decay_steps!r}, {self.decay_factor!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        return self
+
+
+# train.py's flags for the run's sliding-window settings (InferenceConfig serves evaluate.py,
+# predict.py and export.py too, whose flags override a run's).
+_INFERENCE_FLAGS = {
+    "overlap": Flag("val_overlap", "sliding-window overlap at validation", lower=0.0, upper=0.95),
+    "mirror_axes": Flag("mirror_axes", "test-time mirroring axes, stored for evaluate.py"),
+    "postprocess": Flag("postprocess", "post-processing, stored for evaluate.py", choices=POSTPROCESS_MODES),
+}
+_INFERENCE_NO_FLAGS = {
+    "patch_size_zyx": "the run's patch_size_zyx (set from it; config.json holds it once)",
+    "batch_size": "evaluate.py --window_batch", "blend": "Gaussian blending only",
+    "sigma_scale": "nnU-Net's 1/8 of the patch", "min_size": "with --postprocess=min_size, not yet a flag",
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    data_dir: str
-    workdir: str
-    cache_dir: str = ".cache"
-    layout: str = "auto"
-    num_classes: int = 0  # background included; 0 = declared by the dataset, else the label values found
-    preprocess: PreprocessConfig = PreprocessConfig()
-    model: VNetConfig = VNetConfig(base_width=8, depth=4, kernel_size=3, normalization="instance")
-    loss: str = "dice_ce"
-    include_background: bool = False
-    dice_squared: bool = True
-    batch_dice: bool = False
-    deep_supervision: int = 0
-    optimizer: OptimizerConfig = OptimizerConfig()
-    weight_average: float = 0.0
-    augment: aug_lib.AugmentConfig = aug_lib.AugmentConfig()
-    augment_on: str = "device"
-    patch_size_zyx: Tuple[int, int, int] = (32, 32, 32)
-    batch_size: int = 2
-    foreground_fraction: float = 1 / 3
-    class_balance: bool = True
-    steps: int = 200
-    time_budget_minutes: float = 0.0
-    validation_every: int = 100
-    checkpoint_every: int = 50
-    log_every: int = 10
-    num_folds: int = 5
-    fold: int = 0
-    max_validation_cases: int = 0
-    inference: InferenceConfig = InferenceConfig(overlap=0.25)
-    seed: int = 0
-    deterministic: bool = False
-    mixed_precision: str = "none"
-    strategy: str = "default"
+    """Every setting of a training run. ``inference.patch_size_zyx`` is always the run's
+    ``patch_size_zyx`` (one patch size), and :meth:`to_dict` writes it once."""
+
+    data_dir: str = flag(name="data_dir", help="dataset folder; empty = the embedded demo dataset", stage="data",
+                         flag_default="")
+    workdir: str = flag(name="workdir", help="where the run writes its outputs", stage="data",
+                        flag_default="runs/demo")
+    cache_dir: str = flag(".cache", name="cache_dir", help="preprocessed-case cache (and the demo dataset)",
+                          stage="data")
+    layout: str = flag("auto", name="layout", help="dataset layout", stage="data", choices=FLAG_LAYOUTS)
+    num_classes: int = flag(0, name="num_classes", stage="data", lower=0, help=(
+        "classes, background included; 0 = those dataset.json declares, else the label values found, which must "
+        "then be 0..K-1 without gaps"))
+    preprocess: PreprocessConfig = group(PreprocessConfig(), "data")
+    model: VNetConfig = group(VNetConfig(base_width=8, depth=4, kernel_size=3, normalization="instance"), "model")
+    loss: str = flag("dice_ce", name="loss", stage="loss", choices=LOSSES, help=(
+        "the paper's Dice loss, or Dice + cross-entropy (or a loss registered in vnet_tf.model.registry.LOSSES)"))
+    include_background: bool = flag(False, name="include_background", stage="loss",
+                                    help="count the background class in the Dice loss")
+    dice_squared: bool = flag(True, name="dice_squared", stage="loss",
+                              help="the paper's sum p^2 + sum g^2 Dice denominator (false: sum p + sum g)")
+    batch_dice: bool = flag(False, name="batch_dice", stage="loss",
+                            help="one Dice over the whole batch (nnU-Net) instead of one per sample")
+    deep_supervision: int = flag(0, name="deep_supervision", stage="loss", lower=0,
+                                 help="softmax heads on right stages 1..N, trained only (0 = off)")
+    optimizer: OptimizerConfig = group(OptimizerConfig(), "loss")
+    weight_average: float = flag(0.0, name="weight_average", stage="loss", help=(
+        "momentum of a moving average of the weights, used for validation and the saved models (0 = off, "
+        "e.g. 0.999)"))
+    augment: AugmentConfig = group(AugmentConfig(), "augmentation")
+    augment_on: str = flag("device", name="augment_on", stage="augmentation", choices=AUGMENT_ON,
+                           help="augment inside the training step or in tf.data")
+    patch_size_zyx: Tuple[int, int, int] = flag(PATCH_SIZE, name="patch_size", stage="data", positive=True,
+                                                help="training patch, z,y,x voxels")
+    batch_size: int = flag(2, name="batch_size", stage="run", lower=1,
+                           help="patches per step (global, split over replicas)")
+    foreground_fraction: float = flag(1 / 3, name="foreground_fraction", stage="run", lower=0.0, upper=1.0,
+                                      help="patches centred on foreground")
+    class_balance: bool = no_flag(True, "patch centres drawn over the classes present (nnU-Net's); the library's "
+                                  "switch")
+    steps: int = flag(200, name="steps", stage="run", lower=1, help="training steps")
+    time_budget_minutes: float = flag(0.0, name="time_budget_minutes", stage="run", lower=0.0, help=(
+        "stop training when this much wall time (over resumes) is spent, the schedule planned to end then; "
+        "--steps becomes an upper bound (0 = off)"))
+    validation_every: int = flag(100, name="validation_every", stage="run", lower=1,
+                                 help="validate every this many steps")
+    checkpoint_every: int = flag(50, name="checkpoint_every", stage="run", lower=1,
+                                 help="checkpoint every this many steps")
+    log_every: int = flag(10, name="log_every", stage="run", lower=1,
+                          help="TensorBoard's steps/s and patches/s every this many steps")
+    num_folds: int = flag(5, name="num_folds", stage="data", lower=2, help="cross-validation folds (case-id hash)")
+    fold: int = flag(0, name="fold", stage="data", lower=-1, help=(
+        "the validation fold; -1 = train on every case, no validation (the final model; its last weights are "
+        "also best.npz)"))
+    max_validation_cases: int = flag(0, name="max_validation_cases", stage="data", lower=0,
+                                     help="validate on at most this many cases (0 = all)")
+    inference: InferenceConfig = group(InferenceConfig(patch_size_zyx=PATCH_SIZE, overlap=0.25), "run",
+                                       _INFERENCE_FLAGS, _INFERENCE_NO_FLAGS)
+    seed: int = flag(0, name="seed", stage="run", help="random seed")
+    deterministic: bool = flag(False, name="deterministic", stage="run",
+                               help="deterministic ops: the same weights on every run and after a resume")
+    mixed_precision: str = flag("none", name="mixed_precision", stage="run", choices=MIXED_PRECISION, help=(
+        "mixed precision; auto = mixed_bfloat16 on a CPU with native bfloat16 (AVX512-BF16 or AMX) and no GPU, "
+        "else none"))
+    strategy: str = flag("default", name="strategy", stage="run", choices=STRATEGIES,
+                         help="tf.distribute strategy")
+
+    def __post_init__(self):
+        if tuple(self.inference.patch_size_zyx) != tuple(self.patch_size_zyx):
+            object.__setattr__(self, "inference",
+                               dataclasses.replace(self.inference, patch_size_zyx=tuple(self.patch_size_zyx)))
 
     def validate(self) -> "TrainConfig":
         """Raises ``ValueError`` naming the setting, before any work."""
+        # pylint: disable=import-outside-toplevel  (TensorFlow loads once the flags are parsed)
+        from vnet_tf.augment import chain as aug_lib
+        from vnet_tf.model import averaging
+        from vnet_tf.model import deep_supervision as ds_lib
+        from vnet_tf.training.pipeline import PipelineConfig
         LOSSES.check(self.loss)
         for name, value, allowed in (("mixed_precision", self.mixed_precision, MIXED_PRECISION),
                                      ("strategy", self.strategy, STRATEGIES), ("augment_on", self.augment_on, AUGMENT_ON)):
@@ -97,11 +196,17 @@ class TrainConfig:
         # resolved at build time, to float32 where the model needs it: see _precision).
         explicit = None if self.mixed_precision == "auto" else mixed_policy(self.mixed_precision)
         dataclasses.replace(self.model, dtype_policy=explicit).resolved()
-        check_spatial_shape(self.patch_size_zyx, self.model.depth)
+        if any(size % required_divisor(self.model.depth) for size in self.patch_size_zyx):
+            raise UserError(f"patch_size_zyx {tuple(self.patch_size_zyx)} must be multiples of "
+                            f"{required_divisor(self.model.depth)} (2**(depth-1), the model's depth "
+                            f"{self.model.depth})")
         PipelineConfig(self.patch_size_zyx, self.batch_size, self.foreground_fraction).validate()
-        dataclasses.replace(self.inference, patch_size_zyx=self.patch_size_zyx).validate()
-        aug_lib.build_augmentation(self.augment, num_classes=self.model.num_classes)  # checks values
+        self.inference.validate()
+        aug_lib.build_augmentation(self.augment.validate(), num_classes=self.model.num_classes)  # checks values
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every setting once: the inference settings without their copy of the patch size."""
+        out = dataclasses.asdict(self)
+        del out["inference"]["patch_size_zyx"]
+        return out

@@ -141,6 +141,8 @@ def _check_same_run(config_file: pathlib.Path, settings: dict) -> None:
                         f"another workdir") from err
     new = dict(json.loads(json.dumps(settings)))
     old = _with_later_defaults(old, new, TrainConfig)
+    if isinstance(old.get("inference"), dict):  # earlier versions wrote a copy of the run's patch size there
+        old["inference"] = {k: v for k, v in old["inference"].items() if k != "patch_size_zyx"}
     for d in (old, new):  # the run's length, where its files live and its memory use may change
         for key in ("steps", "time_budget_minutes", "workdir", "cache_dir"):
             d.pop(key, None)

@@ -13,55 +13,21 @@ Each may start with ``warmup_steps`` of linear warm-up from 0.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import keras
 from keras import ops
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "poly", "cosine")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    name: str = "adam"
-    learning_rate: float = 3e-3
-    momentum: float = 0.99
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    decay_steps: int = 25_000
-    decay_factor: float = 0.1
-    poly_power: float = 0.9
-    warmup_steps: int = 0
-    clipnorm: float = 0.0
-
-    def validate(self) -> "OptimizerConfig":
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.name!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.decay_steps < 1 or not 0 < self.decay_factor <= 1:
-            raise ValueError(f"lr decay needs decay_steps >= 1 and decay_factor in (0, 1], got "
-                             f"{self.decay_steps!r}, {self.decay_factor!r}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
-        return self
+from vnet_tf.training.config import OptimizerConfig
 
 
 @keras.saving.register_keras_serializable(package="vnet_tf")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """One of the schedules above, as a function of the (0-based) step."""
 
-    def __init__(self, kind: str, learning_rate: float, total_steps: int, decay_steps: int = 25_000,
-                 decay_factor: float = 0.1, poly_power: float = 0.9, warmup_steps: int = 0):
+    def __init__(self, kind: str, learning_rate: float, total_steps: int,
+                 decay_steps: int = OptimizerConfig.decay_steps, decay_factor: float = OptimizerConfig.decay_factor,
+                 poly_power: float = OptimizerConfig.poly_power, warmup_steps: int = OptimizerConfig.warmup_steps):
         # ``total_steps`` may be a variable: a run with a time budget revises its length.
         self.total_steps = total_steps if isinstance(total_steps, keras.Variable) else int(total_steps)
         self.kind, self.learning_rate = kind, float(learning_rate)

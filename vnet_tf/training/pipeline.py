@@ -27,6 +27,7 @@ from vnet_tf.data.cache import CachedCase, load_cached_case
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.io import PathLike
 from vnet_tf.data.preprocess import crop_or_pad
+from vnet_tf.training.config import TrainConfig
 
 MAX_LOCATIONS_PER_CLASS = 20_000
 
@@ -40,11 +41,11 @@ class PipelineConfig:
     built at once (``-1``: tf.data's autotune).
     """
 
-    patch_size_zyx: Tuple[int, int, int] = (32, 32, 32)
-    batch_size: int = 2
-    foreground_fraction: float = 1 / 3
-    class_balance: bool = True
-    seed: int = 0
+    patch_size_zyx: Tuple[int, int, int] = TrainConfig.patch_size_zyx
+    batch_size: int = TrainConfig.batch_size
+    foreground_fraction: float = TrainConfig.foreground_fraction
+    class_balance: bool = TrainConfig.class_balance
+    seed: int = TrainConfig.seed
     memory_budget_bytes: int = 4 << 30
     parallel_calls: int = -1
     prefetch: int = 2
@@ -193,26 +194,3 @@ def training_dataset(paths: Sequence[PathLike], config: PipelineConfig, start_ba
         else:
             ds = ds.map(host_augmentation, num_parallel_calls=parallel, deterministic=False)
     return ds.prefetch(config.prefetch if config.prefetch >= 0 else tf.data.AUTOTUNE)
-
-
-def validation_dataset(paths: Sequence[PathLike]) -> tf.data.Dataset:
-    """Whole cached volumes, one at a time: ``{"image": (z, y, x, C), "label": (z, y, x),
-    "case_id": str}`` (sizes vary between cases)."""
-    paths = [str(p) for p in paths]
-    if not paths:
-        raise ValueError("the validation pipeline needs at least one cached case, got none")
-    first = load_cached_case(paths[0])
-    channels = int(first.image.shape[-1])
-
-    def generate():
-        for path in paths:
-            case = load_cached_case(path)
-            if case.label is None:
-                raise ValueError(f"validation case {path} has no label")
-            yield {"image": case.image.astype(np.float32), "label": case.label.astype(np.int32),
-                   "case_id": case.case_id}
-
-    signature = {"image": tf.TensorSpec((None, None, None, channels), tf.float32),
-                 "label": tf.TensorSpec((None, None, None), tf.int32),
-                 "case_id": tf.TensorSpec((), tf.string)}
-    return tf.data.Dataset.from_generator(generate, output_signature=signature)

@@ -33,45 +33,70 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from vnet_tf.core.errors import UserError
+from vnet_tf.core.settings import format_value, settings
 from vnet_tf.data.fingerprint import Fingerprint, is_ct
+from vnet_tf.training.config import TrainConfig
 
 ANISOTROPY = 3.0
 MAX_DEPTH = 5
 MIN_BOTTOM = 4
 MEMORY_FACTOR = 3.0
 BATCH_SIZE = 2
-# The recipe's settings that the fingerprint does not change (configs/hippocampus.flags;
+# The recipe's settings that the fingerprint does not change, by setting (configs/hippocampus.flags;
 # tests/test_plan.py holds them equal).
 RECIPE = {
-    "num_folds": "5", "fold": "0", "variant": "paper", "base_width": "16", "kernel_size": "3",
-    "activation": "prelu", "normalization": "instance", "loss": "dice_ce", "optimizer": "adam",
-    "learning_rate": "0.002", "lr_schedule": "poly", "warmup_steps": "50", "foreground_fraction": "0.33",
-    "steps": "20000", "time_budget_minutes": "115", "validation_every": "1000", "checkpoint_every": "100",
-    "augment_on": "device", "aug_affine_p": "0.2", "aug_scale": "0.85,1.15", "aug_elastic_p": "0.2",
-    "aug_elastic_sigma": "2", "aug_elastic_mesh": "2,2,2", "aug_flip_axes": "0,1,2", "aug_flip_p": "0.5",
-    "aug_gamma_p": "0.3", "aug_brightness_contrast_p": "0.15", "aug_noise_p": "0.1", "aug_noise_std": "0.1",
-    "aug_blur_p": "0.1", "val_overlap": "0.5", "mirror_axes": "0,1,2", "seed": "0",
+    "num_folds": 5, "fold": 0, "model.variant": "paper", "model.base_width": 16, "model.kernel_size": 3,
+    "model.activation": "prelu", "model.normalization": "instance", "loss": "dice_ce", "optimizer.name": "adam",
+    "optimizer.learning_rate": 0.002, "optimizer.schedule": "poly", "optimizer.warmup_steps": 50,
+    "foreground_fraction": 0.33, "steps": 20000, "time_budget_minutes": 115.0, "validation_every": 1000,
+    "checkpoint_every": 100, "augment_on": "device", "augment.affine_probability": 0.2,
+    "augment.scale_range": (0.85, 1.15), "augment.elastic_probability": 0.2, "augment.elastic_sigma": 2.0,
+    "augment.elastic_mesh": (2, 2, 2), "augment.flip_axes": (0, 1, 2), "augment.flip_probability": 0.5,
+    "augment.gamma_probability": 0.3, "augment.brightness_contrast_probability": 0.15,
+    "augment.noise_probability": 0.1, "augment.noise_std": 0.1, "augment.blur_probability": 0.1,
+    "inference.overlap": 0.5, "inference.mirror_axes": (0, 1, 2), "seed": 0,
 }
-RECIPE_ROTATION = 15
+RECIPE_ROTATION = 15.0
+# Each setting's flag, from the one definition of the settings (TrainConfig's fields).
+FLAG_OF = {row.path: row.flag.name for row in settings(TrainConfig) if row.flag is not None}
+
+
+def flag_texts(values: Dict[str, Any]) -> Dict[str, str]:
+    """``{setting path: value}`` as train.py's ``{flag: text}``."""
+    unknown = sorted(set(values) - set(FLAG_OF))
+    if unknown:
+        raise ValueError(f"settings with no train.py flag: {unknown}")
+    return {FLAG_OF[path]: format_value(value) for path, value in values.items()}
 
 
 @dataclasses.dataclass
 class Plan:
-    """Groups of flags, each with the reason for them; a group may hold no flag (a setting
-    left at train.py's default, and why)."""
-    groups: List[Tuple[str, Dict[str, str]]] = dataclasses.field(default_factory=list)
+    """Groups of settings (``{dotted path: value}``, as TrainConfig names them), each with the
+    reason for them; a group may hold none (a setting left at train.py's default, and why)."""
+    groups: List[Tuple[str, Dict[str, Any]]] = dataclasses.field(default_factory=list)
 
-    def set(self, reason: str, **values) -> None:
-        self.groups.append((reason, {k: str(v) for k, v in values.items()}))
+    def set(self, reason: str, values: Optional[Dict[str, Any]] = None) -> None:
+        flag_texts(values or {})  # every planned setting has a flag
+        self.groups.append((reason, dict(values or {})))
+
+    @property
+    def flag_groups(self) -> List[Tuple[str, Dict[str, str]]]:
+        """The groups as train.py's flags and their text."""
+        return [(reason, flag_texts(values)) for reason, values in self.groups]
 
     @property
     def flags(self) -> Dict[str, str]:
-        return {k: v for _, values in self.groups for k, v in values.items()}
+        return {k: v for _, values in self.flag_groups for k, v in values.items()}
+
+
+def _rounded(values, digits: int = 4) -> Tuple[float, ...]:
+    """``values`` to ``digits`` significant digits, as the flagfile writes them."""
+    return tuple(float(format(float(v), f".{digits}g")) for v in values)
 
 
 def _fmt(values, fmt: str = ".4g") -> str:
@@ -97,16 +122,16 @@ def target_spacing(spacings: np.ndarray) -> Tuple[Optional[np.ndarray], int, str
 def _layer_probe(depth: int, channels: int, classes: int, base_width: int):
     import keras  # pylint: disable=import-outside-toplevel
     from vnet_tf.model.networks import build_network  # pylint: disable=import-outside-toplevel
-    from vnet_tf.model.vnet import VNetConfig  # pylint: disable=import-outside-toplevel
+    from vnet_tf.model.config import VNetConfig  # pylint: disable=import-outside-toplevel
     model = build_network(VNetConfig(input_channels=channels, num_classes=classes, base_width=base_width, depth=depth,
-                                     kernel_size=int(RECIPE["kernel_size"]), convs_right=(1,) * (depth - 1),
-                                     activation=RECIPE["activation"], normalization=RECIPE["normalization"])).model
+                                     kernel_size=RECIPE["model.kernel_size"], convs_right=(1,) * (depth - 1),
+                                     activation=RECIPE["model.activation"], normalization=RECIPE["model.normalization"])).model
     outputs = [layer.output for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     return keras.Model(model.inputs, outputs)
 
 
 def training_memory_gb(patch, depth: int, channels: int, classes: int, batch: int = BATCH_SIZE,
-                       base_width: int = int(RECIPE["base_width"])) -> float:
+                       base_width: int = RECIPE["model.base_width"]) -> float:
     """Estimated working memory of a training step (GiB): ``MEMORY_FACTOR`` x the float32
     bytes of every layer's output for ``batch`` patches of the planned network."""
     import keras  # pylint: disable=import-outside-toplevel
@@ -151,12 +176,12 @@ def plan_run(fp: Fingerprint, data_dir: str, layout: str, memory_gb: float = 8.0
              workdir: Optional[str] = None) -> Plan:
     """The flags of a training run for the dataset of ``fp``, each with its reason."""
     plan = Plan()
-    plan.set("the dataset", data_dir=data_dir, layout=layout)
-    plan.set("where the run writes", workdir=workdir or f"runs/{fp.name}", cache_dir=".cache")
+    plan.set("the dataset", {"data_dir": data_dir, "layout": layout})
+    plan.set("where the run writes", {"workdir": workdir or f"runs/{fp.name}", "cache_dir": ".cache"})
     spacings, sizes = fp.spacings, fp.sizes
     target, coarse, why = target_spacing(spacings)
     if target is not None:
-        plan.set(why, target_spacing=_fmt(target))
+        plan.set(why, {"preprocess.target_spacing_zyx": _rounded(target)})
     else:
         plan.set(why)
     grid = spacings if target is None else target
@@ -164,24 +189,25 @@ def plan_run(fp: Fingerprint, data_dir: str, layout: str, memory_gb: float = 8.0
     classes = len(fp.class_voxels)
     patch, depth, _, why = patch_and_depth(np.median(resampled, axis=0), np.median(spacings, 0) if target is None else target,
                                            fp.channels, classes, memory_gb)
-    plan.set(why, patch_size=",".join(map(str, patch)), depth=depth, convs_right=",".join(["1"] * (depth - 1)))
+    plan.set(why, {"patch_size_zyx": tuple(patch), "model.depth": depth, "model.convs_right": (1,) * (depth - 1)})
     plan.set(f"{BATCH_SIZE} patches a step: the fewest for which foreground oversampling and the batch's Dice behave "
-             "as in the recipe; memory goes to a larger patch first", batch_size=BATCH_SIZE)
+             "as in the recipe; memory goes to a larger patch first", {"batch_size": BATCH_SIZE})
     _normalisation(plan, fp)
     single = all(max(c.components, default=0) <= 1 for c in fp.cases)
     plan.set("every case has at most one connected component of each class: keep each class's largest" if single else
-             "some cases have several components of a class: keep them all", postprocess="largest" if single else "none")
-    rotation = [RECIPE_ROTATION] * 3
-    elastic = [1, 1, 1]
+             "some cases have several components of a class: keep them all",
+             {"inference.postprocess": "largest" if single else "none"})
+    rotation = (RECIPE_ROTATION,) * 3
+    elastic = (True, True, True)
     if coarse >= 0:
-        rotation = [RECIPE_ROTATION if a == coarse else 0 for a in range(3)]
-        elastic[coarse] = 0
+        rotation = tuple(RECIPE_ROTATION if a == coarse else 0.0 for a in range(3))
+        elastic = tuple(a != coarse for a in range(3))
         why = (f"the recipe's, but anisotropic: rotation only about axis {'zyx'[coarse]} (in the thin-slice plane) and no "
                f"elastic displacement along it")
     else:
         why = "the recipe's (configs/hippocampus.flags)"
-    plan.set(why, aug_rotation=",".join(map(str, rotation)), aug_elastic_axes=",".join(map(str, elastic)))
-    plan.set("the recipe's training settings (configs/hippocampus.flags; docs/results/hippocampus.md: why each)", **RECIPE)
+    plan.set(why, {"augment.rotation_degrees": rotation, "augment.elastic_axes": elastic})
+    plan.set("the recipe's training settings (configs/hippocampus.flags; docs/results/hippocampus.md: why each)", RECIPE)
     return plan
 
 
@@ -189,7 +215,7 @@ def _normalisation(plan: Plan, fp: Fingerprint) -> None:
     if not is_ct(fp.modalities):
         named = ", ".join(m or "not named" for m in fp.modalities)
         plan.set(f"modality {named}: intensities are relative, so each case is z-scored on its own",
-                 intensity_normalization="zscore")
+                 {"preprocess.normalization": "zscore"})
         return
     values = np.concatenate([fp.foreground(c) for c in range(fp.channels)]).astype(np.float64)
     if values.size == 0:
@@ -200,4 +226,4 @@ def _normalisation(plan: Plan, fp: Fingerprint) -> None:
     plan.set(f"CT: Hounsfield units mean the same in every case, so every case is clipped to the 0.5th-99.5th "
              f"percentiles of the foreground over the dataset ({low:.1f}, {high:.1f}) and scaled by the clipped "
              f"foreground's mean and std ({stats[2]:.1f}, {stats[3]:.1f})",
-             intensity_normalization="ct", ct_statistics=_fmt(stats, ".6g"))
+             {"preprocess.normalization": "ct", "preprocess.ct_statistics": _rounded(stats, 6)})

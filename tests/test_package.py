@@ -53,7 +53,7 @@ def test_every_console_script_is_installed_and_runs(installed):
     assert "--time_budget_minutes" in helped.stdout, helped.stderr[-2000:]  # (absl exits 1 after help)
     # --helpfull lists train's flags by stage (absl orders the stages' modules by name)
     text = helped.stdout
-    headings = sorted((text.index(f"vnet_tf.commands.train_flags.{stage}:"), stage)
+    headings = sorted((text.index(f"vnet_tf.commands.train.{stage}:"), stage)
                       for stage in ("data", "model", "loss", "augmentation", "run"))
     for flag, stage in (("--data_dir", "data"), ("--base_width", "model"), ("--learning_rate", "loss"),
                         ("--aug_elastic_p", "augmentation"), ("--steps", "run")):

@@ -33,6 +33,7 @@ def _absl_dump(command: str) -> list:
     module_name = f"vnet_tf.commands.{command}"
     module = importlib.import_module(module_name)
     field_of = getattr(module, "FIELD_OF", {})
+    kept = {row.flag.name: row.flag.kept for row in getattr(module, "SETTINGS", ()) if row.flag is not None}
     rows = []
     groups = {**getattr(module, "FLAG_GROUPS", {module_name: ""}), **{name: "errors" for name in SHARED_MODULES}}
     for owner, section in groups.items():
@@ -40,7 +41,8 @@ def _absl_dump(command: str) -> list:
             rows.append({"name": flag.name, "type": flag.flag_type(),
                          "default": (flag.default_as_str or "").strip("'"), "help": flag.help,
                          "choices": [],  # absl's help already begins with <a|b|c>
-                         "section": section, "field": field_of.get(flag.name, "")})
+                         "section": section, "field": field_of.get(flag.name, ""),
+                         "kept": kept.get(flag.name, "")})
     return rows
 
 
@@ -103,6 +105,8 @@ def render(commands: dict, without_flags: dict) -> str:
             meaning = row["help"]
             if row["choices"]:
                 meaning += f" (one of: {', '.join(row['choices'])})"
+            if row.get("kept"):
+                meaning += f". Not in the hippocampus recipe: {row['kept']}"
             default = f"`{row['default']}`" if row["default"] != "" else ""
             name = row["name"] if row["name"].startswith("-") or row["name"].isupper() else f"--{row['name']}"
             field = [f"`{row['field']}`" if row.get("field") else ""] if fields else []

@@ -10,8 +10,12 @@ from typing import Tuple
 from vnet_tf.core.settings import flag, no_flag
 
 
-def _probability(default: float, name: str, help_text: str):
-    return flag(default, name=name, help=help_text, lower=0.0, upper=1.0)
+# Why nnU-Net's augmentations stay although the recipe leaves them off.
+NNUNET_KEPT = ("nnU-Net's; level with the recipe on hippocampus (docs/results/hippocampus.md); kept to reproduce nnU-Net's training and for data where it may matter")
+
+
+def _probability(default: float, name: str, help_text: str, kept: str = ""):
+    return flag(default, name=name, help=help_text, lower=0.0, upper=1.0, kept=kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +28,9 @@ class AugmentConfig:
     resolution 0.25, inverted gamma 0.1, gamma 0.3).
     """
 
-    histogram_probability: float = _probability(0.0, "aug_histogram_p", "histogram matching to another training "
-                                                "volume, probability")
+    histogram_probability: float = _probability(
+        0.0, "aug_histogram_p", "histogram matching to another training volume, probability",
+        kept="the paper's augmentation (configs/*_paper.flags); the recipe's intensity transforms replace it")
     histogram_landmarks: int = no_flag(11, "the paper's histogram matching: 11 quantile landmarks")
     elastic_probability: float = _probability(0.0, "aug_elastic_p", "B-spline elastic deformation probability")
     elastic_mesh: Tuple[int, int, int] = flag((2, 2, 2), name="aug_elastic_mesh", positive=True,
@@ -52,11 +57,11 @@ class AugmentConfig:
     gamma_probability: float = _probability(0.0, "aug_gamma_p", "gamma probability")
     gamma_range: Tuple[float, float] = no_flag((0.7, 1.5), "nnU-Net's range")
     gamma_inverted_probability: float = _probability(0.0, "aug_gamma_inverted_p", "gamma on the inverted "
-                                                     "intensities, probability (nnU-Net: 0.1)")
-    gamma_retain_stats: bool = flag(False, name="aug_gamma_retain_stats", help=(
+                                                     "intensities, probability (nnU-Net: 0.1)", NNUNET_KEPT)
+    gamma_retain_stats: bool = flag(False, name="aug_gamma_retain_stats", kept=NNUNET_KEPT, help=(
         "both gamma transforms restore each sample's mean and std (nnU-Net does)"))
     lowres_probability: float = _probability(0.0, "aug_lowres_p", "simulated low resolution probability "
-                                             "(nnU-Net: 0.25)")
+                                             "(nnU-Net: 0.25)", NNUNET_KEPT)
     lowres_zoom: Tuple[float, float] = flag((0.5, 1.0), name="aug_lowres_zoom", positive=True, help=(
         "simulated low resolution: grid zoom range, within (0, 1]"))
     flip_axes: Tuple[int, ...] = flag((), name="aug_flip_axes", help="axes to mirror (0=z,1=y,2=x)")

@@ -37,7 +37,8 @@ class Flag:
     """A setting's command-line flag: ``name``, ``help``, the stage it is listed under
     (``""``: its group's), numeric ``lower`` / ``upper`` bounds, ``choices`` (a tuple or a
     :class:`~vnet_tf.core.registry.Registry`, read at parse time), ``positive`` (every value
-    of a list > 0) and ``default``, only where the field itself has none (a required setting)."""
+    of a list > 0), ``default``, only where the field itself has none (a required setting), and
+    ``kept``: for an option the recipes leave off after a measured comparison, why it stays."""
 
     name: str
     help: str
@@ -47,6 +48,7 @@ class Flag:
     choices: Union[Tuple[str, ...], Registry, None] = None
     positive: bool = False
     default: Any = UNSET
+    kept: str = ""
 
 
 def flag(default: Any = MISSING, *, flag_default: Any = UNSET, **spec) -> Any:

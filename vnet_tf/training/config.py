@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
-from vnet_tf.augment.config import AugmentConfig
+from vnet_tf.augment.config import NNUNET_KEPT, AugmentConfig
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.labels import MAX_CLASSES
 from vnet_tf.core.settings import Flag, flag, group, no_flag
@@ -108,12 +108,14 @@ class TrainConfig:
                                     help="count the background class in the Dice loss")
     dice_squared: bool = flag(True, name="dice_squared", stage="loss",
                               help="the paper's sum p^2 + sum g^2 Dice denominator (false: sum p + sum g)")
-    batch_dice: bool = flag(False, name="batch_dice", stage="loss",
+    batch_dice: bool = flag(False, name="batch_dice", stage="loss", kept=NNUNET_KEPT,
                             help="one Dice over the whole batch (nnU-Net) instead of one per sample")
-    deep_supervision: int = flag(0, name="deep_supervision", stage="loss", lower=0,
+    deep_supervision: int = flag(0, name="deep_supervision", stage="loss", lower=0, kept=NNUNET_KEPT,
                                  help="softmax heads on right stages 1..N, trained only (0 = off)")
     optimizer: OptimizerConfig = group(OptimizerConfig(), "loss")
-    weight_average: float = flag(0.0, name="weight_average", stage="loss", help=(
+    weight_average: float = flag(0.0, name="weight_average", stage="loss", kept=(
+        "level with the last weights at the end of the recipe's poly schedule (docs/results/hippocampus.md); kept "
+        "for constant and step schedules, whose last weights move more"), help=(
         "momentum of a moving average of the weights, used for validation and the saved models (0 = off, "
         "e.g. 0.999)"))
     augment: AugmentConfig = group(AugmentConfig(), "augmentation")

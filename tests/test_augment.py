@@ -1,5 +1,3 @@
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -8,7 +6,6 @@ import tensorflow as tf
 import keras
 from keras import ops
 
-from conftest import REPO, subprocess_env
 from vnet_tf.augment import chain as A
 from vnet_tf.augment import warp
 from vnet_tf.data.synthetic import sphere_case
@@ -331,28 +328,6 @@ def test_bad_inputs_are_named():
         A.RandomFlip()(np.zeros((4, 4, 4), np.float32))
     with pytest.raises(ValueError, match="reference_quantiles"):
         A.HistogramMatching(reference_quantiles=np.zeros((3, 4)))
-
-
-def test_augmentation_runs_under_jax_backend():
-    pytest.importorskip("jax", reason="JAX is not installed (optional: pip install jax)")
-    code = (
-        "import numpy as np, keras, sys\n"
-        "assert keras.backend.backend() == 'jax'\n"
-        "from vnet_tf.augment import chain as A\n"
-        "assert 'tensorflow' not in sys.modules\n"
-        "cfg = A.AugmentConfig(histogram_probability=1, elastic_probability=1, elastic_sigma=2,"
-        " affine_probability=1, gamma_probability=1, blur_probability=1, lowres_probability=1,"
-        " gamma_inverted_probability=1, gamma_retain_stats=True, flip_axes=(0,))\n"
-        "aug = A.build_augmentation(cfg, num_classes=2, seed=0)\n"
-        "x = np.random.rand(2, 16, 16, 16, 1).astype('float32')\n"
-        "y = (x[..., 0] > 0.5).astype('int32')\n"
-        "out = aug({'image': x, 'label': y})\n"
-        "print(tuple(out['image'].shape), np.unique(np.asarray(out['label'])).tolist())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
-                         env=subprocess_env(KERAS_BACKEND="jax"), cwd=REPO, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "(2, 16, 16, 16, 1) [0, 1]" in out.stdout
 
 
 def test_the_registry_builds_each_enabled_transform_once_in_order_with_name_seeds():

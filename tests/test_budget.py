@@ -102,21 +102,16 @@ class _FakeTime:
 
 def test_time_budget_ends_the_run_and_its_schedule(tmp_path, monkeypatch):
     from vnet_tf.training import loop, run as training
-    from vnet_tf.data.demo_data import write_demo_dataset
-    from vnet_tf.model.vnet import VNetConfig
-    from vnet_tf.training.optim import OptimizerConfig
-    from vnet_tf.training.config import TrainConfig
+    from helpers import tiny_train_config
+    from vnet_tf.training.config import OptimizerConfig
     from vnet_tf.training.loop import train
     fake = _FakeTime()
     monkeypatch.setattr(training, "time", fake)  # the step loop's clock
     monkeypatch.setattr(loop, "time", fake)  # where the budget starts counting
-    data = write_demo_dataset(tmp_path / "demo", 6)
     budget_minutes = 0.5  # 30 s of the fake clock: a few dozen steps
-    config = TrainConfig(data_dir=str(data), workdir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-                         model=VNetConfig(base_width=4, depth=3, kernel_size=3, normalization="instance"),
-                         optimizer=OptimizerConfig("adam", 0.01, schedule="poly"), patch_size_zyx=(16, 16, 16),
-                         steps=100_000, time_budget_minutes=budget_minutes, num_folds=3, validation_every=4,
-                         checkpoint_every=2, max_validation_cases=1)
+    config = tiny_train_config(tmp_path, optimizer=OptimizerConfig("adam", 0.01, schedule="poly"), steps=100_000,
+                               time_budget_minutes=budget_minutes, validation_every=4, checkpoint_every=2,
+                               max_validation_cases=1)
     summary = train(config, log=lambda s: None, progress=False)
     steps = summary["steps"]
     assert summary["stopped_by_budget"] and 5 < steps < 100_000, summary["steps"]

@@ -1,6 +1,5 @@
 """Finding cases in every layout, and the data check's messages for each bad case."""
 
-import json
 import re
 import subprocess
 import sys
@@ -10,11 +9,13 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REPO, subprocess_env
+from helpers import msd_index
 from vnet_tf.data.cases import find_cases
 from vnet_tf.data.check import check_dataset
 from vnet_tf.core.io import Geometry, read_volume, write_volume
 
 GEO = Geometry((1.0, 1.0, 1.5), (0.0, 0.0, 0.0))
+LABELS = {"0": "background", "1": "structure"}
 SHAPE = (6, 8, 10)
 
 
@@ -27,13 +28,6 @@ def _label():
 def _good(root, name):
     write_volume(root / "imagesTr" / f"{name}.nii.gz", np.random.rand(*SHAPE).astype(np.float32), GEO)
     write_volume(root / "labelsTr" / f"{name}.nii.gz", _label(), GEO)
-
-
-def _msd_index(root, names, extra_entries=()):
-    entries = [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in names]
-    (root / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "structure"},
-        "training": entries + list(extra_entries)}))
 
 
 @pytest.fixture
@@ -71,7 +65,7 @@ def bad_dataset(tmp_path):
     header.write_text(re.sub(r"ElementSpacing = .*", "ElementSpacing = 0 1 1.5", header.read_text()))
     zero_entry = {"image": "./imagesTr/zerospacing.mhd", "label": "./labelsTr/zerospacing.nii.gz"}
     missing_entry = {"image": "./imagesTr/ghost.nii.gz", "label": "./labelsTr/good1.nii.gz"}
-    _msd_index(root, [n for n in names if n != "zerospacing"], [zero_entry, missing_entry])
+    msd_index(root, [n for n in names if n != "zerospacing"], LABELS, extra_entries=[zero_entry, missing_entry])
     return root
 
 
@@ -121,7 +115,7 @@ def test_check_command_exit_codes(bad_dataset, tmp_path):
     (good / "imagesTr").mkdir(parents=True)
     (good / "labelsTr").mkdir()
     _good(good, "a")
-    _msd_index(good, ["a"])
+    msd_index(good, ["a"], LABELS)
     ok = subprocess.run(cmd + [str(good)], capture_output=True, text=True, encoding="utf-8", env=subprocess_env(),
                         cwd=REPO, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from conftest import run_command
+from helpers import copy_run, edit_config
 from vnet_tf.data.demo_data import write_demo_dataset
 from vnet_tf.core.io import read_volume, write_volume
 
@@ -66,21 +67,13 @@ def test_evaluates_a_training_workdir(tiny_run, tmp_path):
         assert np.isfinite(record["labels"]["1"]["dice"])
 
 
-def _copy_run(run, target, edit):
-    shutil.copytree(run, target, ignore=shutil.ignore_patterns("tensorboard"))
-    config = json.loads((target / "config.json").read_text())
-    edit(config)
-    (target / "config.json").write_text(json.dumps(config))
-    return target
-
-
 def test_evaluates_an_ensemble_of_workdirs(tiny_run, tmp_path):
     run, _ = tiny_run
     data = run.parent / "cache" / "demo_data_6"
     held_out = sorted(json.loads((run / "config.json").read_text())["validation_cases"])
     # The same weights with one held-out case listed as trained on: the average of two equal
     # models must reproduce the single model's labels, and the warning must cover both members.
-    twin = _copy_run(run, tmp_path / "twin", lambda c: c["train_cases"].append(held_out[0]))
+    twin = copy_run(run, tmp_path / "twin", edit_config(lambda c: c["train_cases"].append(held_out[0])))
     common = [f"--data_dir={data}", "--fold=0", "--num_folds=3", "--mirror_axes=none", "--figures=false"]
     single = _evaluate(f"--model={run}", f"--output_dir={tmp_path / 'single'}", *common)
     both = _evaluate(f"--model={run},{twin}", f"--output_dir={tmp_path / 'both'}", *common)

@@ -22,6 +22,7 @@ import pytest
 
 from commands_in_process import run_case
 from conftest import TINY_TRAIN
+from helpers import copy_run, edit_config
 
 # One worker runs the whole matrix: its rows share module fixtures that cost a run each.
 pytestmark = pytest.mark.xdist_group("fault_matrix")
@@ -146,13 +147,6 @@ def _truncate(path):
 
 def _random_bytes(path):
     path.write_bytes(np.random.default_rng(0).bytes(4096))
-
-
-def _copy_run(run, target, fault=None):
-    shutil.copytree(run, target)
-    if fault is not None:
-        fault(target)
-    return target
 
 
 @contextlib.contextmanager
@@ -282,9 +276,9 @@ def train_rows(world):
         first = _run_rows("train", rows)
     world["locked"] = locked
     good_state = {name: (good / name).read_bytes() for name in ("summary.json", "best.npz", "flags.txt")}
-    _copy_run(good, runs / "trunc_ckpt", lambda r: _truncate(r / "checkpoint.npz"))
-    _copy_run(good, runs / "rand_ckpt", lambda r: _random_bytes(r / "checkpoint.npz"))
-    _copy_run(good, runs / "trunc_cfg", lambda r: _truncate(r / "config.json"))
+    copy_run(good, runs / "trunc_ckpt", lambda r: _truncate(r / "checkpoint.npz"))
+    copy_run(good, runs / "rand_ckpt", lambda r: _random_bytes(r / "checkpoint.npz"))
+    copy_run(good, runs / "trunc_cfg", lambda r: _truncate(r / "config.json"))
     second = _run_rows("train", later)
     return {**first, **second}, good_state
 
@@ -350,17 +344,15 @@ def test_stale_temporaries_of_a_killed_run_are_removed(train_rows, world):
 def evaluate_rows(train_rows, world):
     root = world["root"]
     good, runs, out = root / "runs" / "good", root / "runs", root / "eval"
-    _copy_run(good, runs / "eval_trunc_best", lambda r: _truncate(r / "best.npz"))
-    _copy_run(good, runs / "eval_rand_best", lambda r: _random_bytes(r / "best.npz"))
-    _copy_run(good, runs / "eval_trunc_cfg", lambda r: _truncate(r / "config.json"))
+    copy_run(good, runs / "eval_trunc_best", lambda r: _truncate(r / "best.npz"))
+    copy_run(good, runs / "eval_rand_best", lambda r: _random_bytes(r / "best.npz"))
+    copy_run(good, runs / "eval_trunc_cfg", lambda r: _truncate(r / "config.json"))
     (runs / "not_a_run").mkdir()
 
-    def other_patch(run):
-        config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    def other_patch(config):
         config["train"]["patch_size_zyx"] = [p + 8 for p in config["train"]["patch_size_zyx"]]
-        (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
 
-    other = _copy_run(good, runs / "eval_other_patch", other_patch)
+    other = copy_run(good, runs / "eval_other_patch", edit_config(other_patch))
     # Predictions: one case twice (.mha beside .nii.gz), one case missing.
     from vnet_tf.core.io import read_volume, write_volume
     preds = root / "preds"
@@ -496,9 +488,9 @@ def test_predict_refuses_a_scan_with_a_nan_voxel_naming_it(train_rows, world):
 def export_rows(train_rows, world):
     root = world["root"]
     good, runs, base = root / "runs" / "good", root / "runs", root / "exports"
-    _copy_run(good, runs / "export_trunc_best", lambda r: _truncate(r / "best.npz"))
-    _copy_run(good, runs / "export_rand_best", lambda r: _random_bytes(r / "best.npz"))
-    _copy_run(good, runs / "export_trunc_cfg", lambda r: _truncate(r / "config.json"))
+    copy_run(good, runs / "export_trunc_best", lambda r: _truncate(r / "best.npz"))
+    copy_run(good, runs / "export_rand_best", lambda r: _random_bytes(r / "best.npz"))
+    copy_run(good, runs / "export_trunc_cfg", lambda r: _truncate(r / "config.json"))
     (base / "ok" / "1").mkdir(parents=True)  # an existing version
     (base / "ok" / ".tmp-2-k1ll3d" / "model").mkdir(parents=True)  # left by a killed export
     os.utime(base / "ok" / ".tmp-2-k1ll3d", (OLD, OLD))

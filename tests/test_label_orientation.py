@@ -1,12 +1,12 @@
 """vnet_tf.commands.label_orientation: per-axis label layout across cases, after reorientation."""
 
-import json
 import re
 
 import numpy as np
 import pytest
 
-from vnet_tf.core.io import Geometry, write_volume
+from helpers import write_msd
+from vnet_tf.core.io import Geometry
 
 SPACING_XYZ = (1.0, 1.5, 2.0)
 
@@ -19,17 +19,14 @@ def _bench():
 def _dataset(tmp_path, layouts, flipped_z=()):
     """An MSD folder whose labels are ``layouts[name]`` in LPS array order; cases in
     ``flipped_z`` are stored with their z axis reversed and a direction saying so."""
+    cases = {}
     for name, label in layouts.items():
         direction = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
         if name in flipped_z:
             label, direction = label[::-1], (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
         geometry = Geometry(spacing=SPACING_XYZ, origin=(0.0, 0.0, 0.0), direction=direction)
-        write_volume(tmp_path / "imagesTr" / f"{name}.nii.gz", label.astype(np.float32), geometry)
-        write_volume(tmp_path / "labelsTr" / f"{name}.nii.gz", label.astype(np.uint8), geometry)
-    (tmp_path / "dataset.json").write_text(json.dumps({
-        "labels": {"0": "background", "1": "a", "2": "b"},
-        "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in layouts]}))
-    return tmp_path
+        cases[name] = (label.astype(np.float32), label, geometry)
+    return write_msd(tmp_path, cases, modality=None)
 
 
 def _random_layout(rng, shape=(8, 10, 12)):

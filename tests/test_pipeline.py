@@ -1,27 +1,19 @@
-import json
 
 import numpy as np
 import pytest
 
 from vnet_tf.augment import chain as A
+from helpers import spacing_geometry, write_msd
 from vnet_tf.data.cache import preprocess_dataset
 from vnet_tf.data.cases import find_cases
-from vnet_tf.core.io import Geometry, write_volume
 from vnet_tf.training.pipeline import CaseStore, PipelineConfig, PatchSampler, training_dataset
 from vnet_tf.data.preprocess import PreprocessConfig
 
 
 def _cached(tmp_path, volumes):
     """Writes ``volumes`` [(image, label)] as an MSD dataset and caches it; returns paths."""
-    root = tmp_path / "data"
-    entries = []
-    for i, (image, label) in enumerate(volumes):
-        name = f"c_{i:02d}.nii.gz"
-        write_volume(root / "imagesTr" / name, image, Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
-        write_volume(root / "labelsTr" / name, label.astype(np.uint8), Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
-        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    (root / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "MRI"}, "labels": {"0": "bg", "1": "a", "2": "b"}, "training": entries}))
+    root = write_msd(tmp_path / "data", {f"c_{i:02d}": (image, label, spacing_geometry((1, 1, 1)))
+                                         for i, (image, label) in enumerate(volumes)})
     cases = find_cases(root, "msd").cases
     return preprocess_dataset(cases, PreprocessConfig(normalization="none"), tmp_path / "cache")
 

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from absl import flags
 
 from conftest import REPO
+from helpers import spacing_geometry, write_msd
 from vnet_tf.commands import plan as plan_command
 from vnet_tf.data.cases import find_cases
 from vnet_tf.data.fingerprint import fingerprint_dataset
@@ -39,14 +40,9 @@ def _blob_case(rng, size, background, foreground, blobs=1):
 
 def _msd(root, cases, modality):
     """An MSD-layout dataset of ``cases`` = [(image, label, spacing_zyx)]; the images kept."""
-    training = []
-    for i, (image, label, spacing) in enumerate(cases):
-        _write(root / "imagesTr" / f"case_{i:03d}.nii.gz", image, spacing)
-        _write(root / "labelsTr" / f"case_{i:03d}.nii.gz", label, spacing)
-        training.append({"image": f"./imagesTr/case_{i:03d}.nii.gz", "label": f"./labelsTr/case_{i:03d}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "modality": {"0": modality}, "labels": {"0": "background", "1": "target"}, "training": training}))
-    return root
+    return write_msd(root, {f"case_{i:03d}": (image, label, spacing_geometry(spacing))
+                            for i, (image, label, spacing) in enumerate(cases)},
+                     {"0": "background", "1": "target"}, modality)
 
 
 def _plan(root, memory_gb=8.0):

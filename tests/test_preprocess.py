@@ -1,12 +1,11 @@
 """Preprocessing steps, their undoing (checked with the SimpleITK reference in helpers.py), and the cache."""
 
-import json
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers import restore_label, restore_probabilities
+from helpers import restore_label, restore_probabilities, write_msd
 from vnet_tf.data.cache import load_cached_case, preprocess_dataset, read_case
 from vnet_tf.data.cases import find_cases
 from vnet_tf.core.io import Geometry, array_to_image, write_volume
@@ -110,18 +109,12 @@ def test_bad_config(kwargs, message):
 
 
 def _write_msd(root, n, rng):
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    entries = []
+    cases = {}
     for i in range(n):
         label = np.zeros((8, 10, 12), np.uint8)
         label[2:6, 3:7, 4:8] = 1 + i % 2
-        image = label * 10.0 + rng.normal(size=label.shape)
-        write_volume(root / "imagesTr" / f"c_{i}.nii.gz", image.astype(np.float32), PERMUTED)
-        write_volume(root / "labelsTr" / f"c_{i}.nii.gz", label, PERMUTED)
-        entries.append({"image": f"./imagesTr/c_{i}.nii.gz", "label": f"./labelsTr/c_{i}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "MRI"}, "labels": {"0": "bg", "1": "a", "2": "b"}, "training": entries}))
+        cases[f"c_{i}"] = ((label * 10.0 + rng.normal(size=label.shape)).astype(np.float32), label, PERMUTED)
+    write_msd(root, cases)
 
 
 def test_cache_is_parallel_reused_and_refreshed(tmp_path, rng):

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import tiny_train_config
 from conftest import REPO, run_command, run_train, subprocess_env
 from vnet_tf.model.checkpoint import read_meta
 
@@ -136,21 +137,9 @@ def test_bad_flags_are_refused_naming_the_flag(monkeypatch, args, message):
     assert message in str(err.value)
 
 
-def _tiny_config(tmp_path, **overrides):
-    from vnet_tf.data.demo_data import write_demo_dataset
-    from vnet_tf.model.vnet import VNetConfig
-    from vnet_tf.training.config import TrainConfig
-    data = write_demo_dataset(tmp_path / "demo", 6)
-    base = TrainConfig(data_dir=str(data), workdir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-                       model=VNetConfig(base_width=4, depth=3, kernel_size=3, normalization="instance"),
-                       patch_size_zyx=(16, 16, 16), steps=3, num_folds=3, validation_every=100,
-                       checkpoint_every=100)
-    return dataclasses.replace(base, **overrides)
-
-
 def test_fold_minus_one_trains_on_every_case_without_validation(tmp_path):
     from vnet_tf.training.loop import train
-    summary = train(_tiny_config(tmp_path, fold=-1, steps=2), log=lambda s: None, progress=False)
+    summary = train(tiny_train_config(tmp_path, fold=-1, steps=2), log=lambda s: None, progress=False)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["validation_cases"] == [] and len(config["train_cases"]) == 6
     assert summary["steps"] == 2 and summary["validation_dice_per_class"] is None
@@ -162,7 +151,7 @@ def test_fold_minus_one_trains_on_every_case_without_validation(tmp_path):
 def test_mixed_precision_losses_are_finite(tmp_path, policy):
     from vnet_tf.core.runtime import resolve_mixed_precision
     from vnet_tf.training.loop import train
-    config = _tiny_config(tmp_path, mixed_precision=policy)
+    config = tiny_train_config(tmp_path, mixed_precision=policy)
     if policy == "auto":  # with recomputation, which makes auto train in float32 on any CPU
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, recompute=True))
     summary = train(config, log=lambda s: None, progress=False)
@@ -199,7 +188,7 @@ def check(model, strategy):
     for v in model.trainable_variables:
         copies = [np.asarray(c) for c in v.value.values]
         assert len(copies) == 2 and all(np.array_equal(copies[0], c) for c in copies[1:]), v.path
-summary = train(_tiny_config(pathlib.Path({str(tmp_path)!r}), strategy='mirrored', batch_size=4),
+summary = train(tiny_train_config(pathlib.Path({str(tmp_path)!r}), strategy='mirrored', batch_size=4),
                 log=lambda s: None, progress=False, on_end=check)
 print('replicas', result['replicas'], 'finite', bool(np.all(np.isfinite(summary['loss_history']))))
 """

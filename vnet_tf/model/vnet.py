@@ -36,12 +36,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional
 
 import keras
 from keras import layers, ops
 
-from vnet_tf.model.config import VNetConfig, check_spatial_shape, required_divisor  # noqa: F401  (re-exported)
+from vnet_tf.model.config import VNetConfig, check_spatial_shape
 from vnet_tf.model.networks import Network
 
 @keras.saving.register_keras_serializable(package="vnet_tf")

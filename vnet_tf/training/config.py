@@ -7,7 +7,7 @@ TensorFlow, so that the flags are defined before it loads."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Tuple
 
 from vnet_tf.augment.config import NNUNET_KEPT, AugmentConfig
 from vnet_tf.core.errors import UserError

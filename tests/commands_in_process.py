@@ -68,7 +68,7 @@ def _put_back(flag_values, pairs):
 
 
 @contextlib.contextmanager
-def _flags_of(command: str):
+def flags_of(command: str):
     """Only ``command``'s flags in absl's registry (its module imported) while the block runs;
     afterwards those that were there before, and the command's where they do not clash."""
     from absl import flags
@@ -113,7 +113,7 @@ def run_case(command: str, argv) -> dict:
     from vnet_tf.commands import cli
 
     out, err = io.StringIO(), io.StringIO()
-    with _flags_of(command) as module, _restored_process_state(), contextlib.redirect_stdout(out), \
+    with flags_of(command) as module, _restored_process_state(), contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(err):
         try:
             cli.run(module.main, argv=[f"{command}.py", *map(str, argv)])

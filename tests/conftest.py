@@ -96,20 +96,40 @@ def tiny_run(tmp_path_factory, worker_id):
     return root / "run", subprocess.CompletedProcess(done["args"], 0, done["stdout"], done["stderr"])
 
 
-def flagfile_config(name, monkeypatch, *extra):
-    """The TrainConfig that train.py builds from ``configs/<name>`` (+ ``extra`` flags), in
-    this process: the flags parsed and reset again, nothing run."""
+def train_config(*args):
+    """The TrainConfig that ``train.py *args`` builds, in this process: the flags parsed (with
+    the other commands' flags parked) and reset again, nothing run."""
     from absl import flags
+    from commands_in_process import flags_of
+    with flags_of("train") as train:
+        from vnet_tf.commands import cli
+        flags.FLAGS.unparse_flags()
+        try:
+            flags.FLAGS(cli.expand_flagfiles(["train.py", *map(str, args)])[0])
+            return train.build_config(flags.FLAGS.data_dir or ".")
+        finally:
+            flags.FLAGS.unparse_flags()
+
+
+def command_flag_values(command, *args):
+    """``{flag: value}`` of ``command``'s own flags as ``command *args`` parses them (nothing run),
+    and its positional arguments."""
+    from absl import flags
+    from commands_in_process import flags_of
+    with flags_of(command) as module:
+        flags.FLAGS.unparse_flags()
+        try:
+            positional = flags.FLAGS([command, *map(str, args)])[1:]
+            return {f.name: f.value for f in flags.FLAGS.get_flags_for_module(module.__name__)}, positional
+        finally:
+            flags.FLAGS.unparse_flags()
+
+
+def flagfile_config(name, monkeypatch, *extra):
+    """The TrainConfig that train.py builds from ``configs/<name>`` (+ ``extra`` flags)."""
     monkeypatch.chdir(REPO)
     monkeypatch.syspath_prepend(str(REPO))
-    from vnet_tf.commands import train  # (defines the flags)
-    from vnet_tf.commands import cli
-    flags.FLAGS.unparse_flags()
-    try:
-        flags.FLAGS(cli.expand_flagfiles(["train.py", f"--flagfile=configs/{name}", *extra])[0])
-        return train.build_config(flags.FLAGS.data_dir or ".")
-    finally:
-        flags.FLAGS.unparse_flags()
+    return train_config(f"--flagfile=configs/{name}", *extra)
 
 
 # The longest tests (13-70 s each on the reference machine), longest first, run before the

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-
+from conftest import run_command
 from vnet_tf.evaluation.comparison import paired_comparison, pooled_summary, read_metric
 
 FIELDS = ["case_id", "label", "dice", "hd95"]
@@ -55,24 +55,22 @@ def test_distances_lower_is_better_and_missing_values_are_skipped(two_runs):
     assert result["2"]["n"] == 11 and result["2"]["skipped"] == 1
 
 
-def test_different_cases_and_bad_columns_are_refused(two_runs, tmp_path, capsys):
+def test_different_cases_and_bad_columns_are_refused(two_runs, tmp_path):
     base_csv, _, _, _ = two_runs
     other = _write(tmp_path / "other.csv", [{"case_id": "c00", "label": "1", "dice": 0.5, "hd95": 1}])
     with pytest.raises(ValueError, match=r"23 \(case, label\) pairs only in the base"):
         paired_comparison(read_metric(base_csv, "dice"), read_metric(other, "dice"))
     with pytest.raises(ValueError, match="no column 'assd'"):
         read_metric(base_csv, "assd")
-    from vnet_tf.commands import compare_runs
-    with pytest.raises(SystemExit) as stop:
-        compare_runs.main([str(base_csv), str(tmp_path / "missing")])
-    assert stop.value.code == 2 and "no such metrics file" in capsys.readouterr().err
+    missing = run_command("compare_runs", base_csv, tmp_path / "missing")
+    assert missing.returncode == 2 and "no such metrics file" in missing.stderr
 
 
-def test_the_command_prints_a_row_per_label(two_runs, capsys):
-    from vnet_tf.commands import compare_runs
+def test_the_command_prints_a_row_per_label(two_runs):
     base_csv, new_csv, _, _ = two_runs
-    assert compare_runs.main([str(base_csv), str(new_csv)]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    done = run_command("compare_runs", base_csv, new_csv)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(rows) == 2 and "| 12 |" in rows[0]
 
 
@@ -85,7 +83,7 @@ def _fold(path, first, dice, hd95):
     return path
 
 
-def test_pooled_folds_match_numpy_and_overlaps_are_refused(tmp_path, rng, capsys):
+def test_pooled_folds_match_numpy_and_overlaps_are_refused(tmp_path, rng):
     dice_a, dice_b = rng.uniform(0.7, 0.9, size=(5, 2)), rng.uniform(0.6, 0.9, size=(7, 2))
     hd_a, hd_b = rng.uniform(1, 3, size=(5, 2)), rng.uniform(1, 3, size=(7, 2))
     hd_b[2, 1] = math.nan  # an empty mask: no distance
@@ -103,17 +101,15 @@ def test_pooled_folds_match_numpy_and_overlaps_are_refused(tmp_path, rng, capsys
     overlapping = _fold(tmp_path / "c.csv", 4, dice_a, hd_a)  # c04 is also in a.csv
     with pytest.raises(ValueError, match=r"c\.csv: 2 \(case, label\) pairs are already in an earlier file"):
         pooled_summary([a, overlapping], metrics=("dice", "hd95"))
-    from vnet_tf.commands import pool_folds
-    assert pool_folds.main([str(a), str(b)]) == 0
-    printed = capsys.readouterr()
+    printed = run_command("pool_folds", a, b)
+    assert printed.returncode == 0, printed.stderr
     dice, hd = np.concatenate([dice_a[:, 1], dice_b[:, 1]]), np.concatenate([hd_a[:, 1], hd_b[:, 1]])
     low, high = out["2"]["dice"]["ci95"]
     assert (f"| 2 | 12 | {dice.mean():.3f} ± {dice.std():.3f} | {low:.3f} to {high:.3f} | "
             f"{np.nanmean(hd):.3f} ± {np.nanstd(hd):.3f} | "
-            f"{np.nanmean(hd) / 3:.3f} ± {np.nanstd(hd) / 3:.3f} | 1 |") in printed.out
-    with pytest.raises(SystemExit) as stop:
-        pool_folds.main([str(a), str(tmp_path / "missing")])
-    assert stop.value.code == 2 and "no such metrics file" in capsys.readouterr().err
+            f"{np.nanmean(hd) / 3:.3f} ± {np.nanstd(hd) / 3:.3f} | 1 |") in printed.stdout
+    missing = run_command("pool_folds", a, tmp_path / "missing")
+    assert missing.returncode == 2 and "no such metrics file" in missing.stderr
 
 
 def test_pooled_interval_of_the_mean_matches_the_normal_approximation(tmp_path, rng):

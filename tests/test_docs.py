@@ -111,15 +111,16 @@ def test_the_demo_prints_the_next_command_the_readme_shows(monkeypatch):
     import pathlib
 
     from absl import flags
+    from commands_in_process import flags_of
     monkeypatch.chdir(REPO)
     monkeypatch.syspath_prepend(str(REPO))
-    from vnet_tf.commands import train
-    flags.FLAGS.unparse_flags()
-    try:
-        flags.FLAGS(["train.py", "--flagfile=configs/demo.flags"])
-        printed = train.next_command(pathlib.Path(flags.FLAGS.workdir), str(train.demo_data_dir()))
-    finally:
+    with flags_of("train") as train:
         flags.FLAGS.unparse_flags()
+        try:
+            flags.FLAGS(["train.py", "--flagfile=configs/demo.flags"])
+            printed = train.next_command(pathlib.Path(flags.FLAGS.workdir), str(train.demo_data_dir()))
+        finally:
+            flags.FLAGS.unparse_flags()
     command = printed.split(": ", 1)[1]
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert f"```bash\n{command}\n```" in readme, command

@@ -5,7 +5,7 @@ and curl commands, the model config's version policy, and the signature names.""
 import re
 import shlex
 
-from conftest import REPO
+from conftest import REPO, command_flag_values
 
 
 def _serving_commands():
@@ -46,12 +46,11 @@ def test_the_serving_commands_match_the_shipped_files():
             assert f"MODEL_NAME={name}" in docker and base_path == f"/models/{name}"
     show = next(c for c in commands if c[:2] == ["saved_model_cli", "show"])
     assert _flag(show, "--dir").startswith(base + "/")
-    from vnet_tf.commands.client import build_parser
     clients = [c for c in commands if c[:3] == ["python", "-m", "vnet_tf.commands.client"]]
     assert len(clients) == 3
     for client in clients:
-        args = build_parser().parse_args(client[3:])
-        assert args.request_json or args.model == name
+        args, positional = command_flag_values("client", *client[3:])
+        assert not positional and args["scan"] and (args["request_json"] or args["model"] == name)
     curl = next(c for c in commands if c[0] == "curl")
     request_json = next(_flag(c, "--request_json") for c in clients if _flag(c, "--request_json"))
     assert f"@{request_json}" in curl and curl[-1].endswith(f"/v1/models/{name}:predict")

@@ -6,14 +6,16 @@ import re
 import numpy as np
 import pytest
 
+from conftest import run_command
 from vnet_tf.data.cases import find_cases
 from vnet_tf.evaluation.report import evaluate_cases
 from vnet_tf.core.io import Geometry, write_volume
 
 
 def _bench():
-    from vnet_tf.commands import error_breakdown
-    return error_breakdown
+    from commands_in_process import flags_of
+    with flags_of("error_breakdown") as module:  # (its flags defined beside the other commands')
+        return module
 
 
 def test_breakdown_counts_match_the_voxels_and_the_reported_dice(tmp_path, rng):
@@ -51,8 +53,7 @@ def test_breakdown_counts_match_the_voxels_and_the_reported_dice(tmp_path, rng):
             assert 2 * m[k, k] / (m[k].sum() + m[:, k].sum()) == pytest.approx(record["labels"][str(k)]["dice"])
 
 
-def test_a_folder_without_summary_is_refused_by_name(tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:
-        _bench().main([str(tmp_path)])
-    assert stop.value.code == 2
-    assert re.search(f"error: {tmp_path}/summary.json: not found", capsys.readouterr().err)
+def test_a_folder_without_summary_is_refused_by_name(tmp_path):
+    refused = run_command("error_breakdown", tmp_path)
+    assert refused.returncode == 2
+    assert re.search(f"error: {tmp_path}/summary.json: not found", refused.stderr)

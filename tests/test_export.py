@@ -285,8 +285,8 @@ def test_client_rest_round_trip_keeps_the_geometry_and_surfaces_errors(exported,
         with pytest.raises(ServingError) as err:
             predict_rest(address, "vnet", np.zeros((3, 3, 3)), (1, 1, 1), _EYE)
         # The deployment guide's curl path: the request body written by the client, posted as it is.
-        from vnet_tf.commands.client import main
-        assert main(["--scan", str(scan), "--request_json", str(tmp_path / "request.json")]) == 0
+        written = run_command("client", "--scan", scan, "--request_json", tmp_path / "request.json")
+        assert written.returncode == 0, written.stderr[-3000:]
         import urllib.request
         posted = urllib.request.urlopen(urllib.request.Request(
             f"http://{address}/v1/models/vnet:predict", data=(tmp_path / "request.json").read_bytes(),

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from commands_in_process import run_case
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, run_command
 from helpers import copy_run, edit_config
 
 # One worker runs the whole matrix: its rows share module fixtures that cost a run each.
@@ -556,14 +556,12 @@ CHECK_ROWS = {  # dataset variant -> (exit code, words)
 
 
 @pytest.mark.parametrize("name", sorted(CHECK_ROWS))
-def test_the_data_check_reports_each_fault(world, name, capsys):
-    from vnet_tf.commands.check import main
-    code = main([str(world["data"][name])])
-    out = capsys.readouterr()
+def test_the_data_check_reports_each_fault(world, name):
+    out = run_command("check", str(world["data"][name]))
     expected_code, words = CHECK_ROWS[name]
-    assert code == expected_code, out
+    assert out.returncode == expected_code, out
     for word in words:
-        assert word in out.out + out.err
+        assert word in out.stdout + out.stderr
 
 
 def test_declared_classes_allow_a_gap(world):

@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 
+from conftest import run_command
 from helpers import write_msd
 from vnet_tf.core.io import Geometry
 
@@ -12,8 +13,9 @@ SPACING_XYZ = (1.0, 1.5, 2.0)
 
 
 def _bench():
-    from vnet_tf.commands import label_orientation
-    return label_orientation
+    from commands_in_process import flags_of
+    with flags_of("label_orientation") as module:  # (its flags defined beside the other commands')
+        return module
 
 
 def _dataset(tmp_path, layouts, flipped_z=()):
@@ -62,16 +64,14 @@ def test_counts_and_offsets_match_a_brute_force_on_the_reoriented_labels(tmp_pat
     assert "| 1 → 2 | 0 (z) | 4 / 4 |" in text and "yes (100%)" in text.splitlines()[2]
 
 
-def test_a_folder_without_a_dataset_is_refused_by_name(tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:
-        _bench().main([str(tmp_path)])
-    assert stop.value.code == 2
-    assert re.search(f"error: {tmp_path}: cannot tell the dataset layout", capsys.readouterr().err)
+def test_a_folder_without_a_dataset_is_refused_by_name(tmp_path):
+    refused = run_command("label_orientation", tmp_path)
+    assert refused.returncode == 2
+    assert re.search(f"error: {tmp_path}: cannot tell the dataset layout", refused.stderr)
 
 
-def test_a_bad_orientation_code_is_refused_by_name(tmp_path, rng, capsys):
+def test_a_bad_orientation_code_is_refused_by_name(tmp_path, rng):
     data = _dataset(tmp_path, {"case_0": _random_layout(rng)})
-    with pytest.raises(SystemExit) as stop:
-        _bench().main([str(data), "--orientation=XYZ"])
-    assert stop.value.code == 2
-    assert re.search("error: orientation must be a 3-letter code .* got 'XYZ'", capsys.readouterr().err)
+    refused = run_command("label_orientation", data, "--orientation=XYZ")
+    assert refused.returncode == 2
+    assert re.search("error: orientation must be a 3-letter code .* got 'XYZ'", refused.stderr)

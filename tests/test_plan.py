@@ -9,11 +9,9 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from absl import flags
 
-from conftest import REPO
+from conftest import REPO, run_command, train_config
 from helpers import spacing_geometry, write_msd
-from vnet_tf.commands import plan as plan_command
 from vnet_tf.data.cases import find_cases
 from vnet_tf.data.fingerprint import fingerprint_dataset
 from vnet_tf.training import plan
@@ -148,49 +146,40 @@ def _flagfile(path):
     return dict(line[2:].split("=", 1) for line in lines if line.startswith("--"))
 
 
-def test_the_hippocampus_plan_is_the_recipe(hippocampus_dir, tmp_path, capsys):
+def test_the_hippocampus_plan_is_the_recipe(hippocampus_dir, tmp_path):
     out = tmp_path / "plans" / "h.flags"
-    assert plan_command.main([str(hippocampus_dir), "--output", str(out)]) == 0
+    done = run_command("plan", hippocampus_dir, f"--output={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
     planned, recipe = _flagfile(out), _flagfile(REPO / "configs" / "hippocampus.flags")
     defaults = {"aug_elastic_axes": "1,1,1"}  # planned, and train.py's default
     assert {k: v for k, v in planned.items() if k not in ("workdir", "data_dir")} == \
         {**{k: v for k, v in recipe.items() if k not in ("workdir", "data_dir")}, **defaults}
-    assert "next: python train.py --flagfile=" in capsys.readouterr().out
+    assert "next: python train.py --flagfile=" in done.stdout
 
 
-def test_the_command_writes_a_flagfile_train_accepts_and_keeps_an_existing_one(tmp_path, rng, capsys, monkeypatch):
+def test_the_command_writes_a_flagfile_train_accepts_and_keeps_an_existing_one(tmp_path, rng):
     cases = [(*_blob_case(rng, (16, 24, 24), (-800, 100), (60, 15)), (3.0, 0.7, 0.7)) for _ in range(3)]
     root = _msd(tmp_path / "ct", cases, "CT")
     out = tmp_path / "ct.flags"
-    assert plan_command.main([str(root), "--output", str(out), "--memory_gb", "2"]) == 0
-    printed = capsys.readouterr().out
-    assert "dataset ct: 3 labelled cases" in printed and "--intensity_normalization=ct" in printed
-    from vnet_tf.commands import train
-    from vnet_tf.commands import cli
-    flags.FLAGS.unparse_flags()
-    try:
-        flags.FLAGS(cli.expand_flagfiles(["train.py", f"--flagfile={out}"])[0])
-        config = train.build_config(flags.FLAGS.data_dir)
-    finally:
-        flags.FLAGS.unparse_flags()
+    done = run_command("plan", root, f"--output={out}", "--memory_gb=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dataset ct: 3 labelled cases" in done.stdout and "--intensity_normalization=ct" in done.stdout
+    config = train_config(f"--flagfile={out}")
     assert config.preprocess.normalization == "ct" and len(config.preprocess.ct_statistics) == 4
     assert config.patch_size_zyx == tuple(int(v) for v in _flagfile(out)["patch_size"].split(","))
     before = out.read_text(encoding="utf-8")
-    with pytest.raises(SystemExit) as stop:
-        plan_command.main([str(root), "--output", str(out)])
-    assert stop.value.code == 2 and "pass --overwrite" in capsys.readouterr().err
+    kept = run_command("plan", root, f"--output={out}")
+    assert kept.returncode == 2 and "pass --overwrite" in kept.stderr
     assert out.read_text(encoding="utf-8") == before
 
 
-def test_an_unlabelled_or_unreadable_case_is_named(tmp_path, rng, capsys):
+def test_an_unlabelled_or_unreadable_case_is_named(tmp_path, rng):
     cases = [(*_blob_case(rng, (16, 24, 24), (100, 20), (300, 30)), (1, 1, 1)) for _ in range(2)]
     root = _msd(tmp_path / "d", cases, "MRI")
     (root / "labelsTr" / "case_001.nii.gz").unlink()
-    with pytest.raises(SystemExit) as stop:
-        plan_command.main([str(root), "--output", str(tmp_path / "x.flags")])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and "case_001.nii.gz" in err and "no label" in err
+    missing = run_command("plan", root, f"--output={tmp_path / 'x.flags'}")
+    assert missing.returncode == 2 and "case_001.nii.gz" in missing.stderr and "no label" in missing.stderr
     (root / "labelsTr" / "case_001.nii.gz").write_bytes(b"not a volume")
-    with pytest.raises(SystemExit):
-        plan_command.main([str(root), "--output", str(tmp_path / "x.flags")])
-    assert "case_001.nii.gz" in capsys.readouterr().err and not (tmp_path / "x.flags").exists()
+    unreadable = run_command("plan", root, f"--output={tmp_path / 'x.flags'}")
+    assert unreadable.returncode == 2 and "case_001.nii.gz" in unreadable.stderr
+    assert "Traceback" not in unreadable.stderr and not (tmp_path / "x.flags").exists()

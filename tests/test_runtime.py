@@ -67,7 +67,9 @@ def test_tensorflows_start_up_lines_are_told_from_other_native_lines():
     dropped = ["WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
                "E0000 00:00:1796595982.511660    3076 cuda_platform.cc:52] failed call to cuInit: INTERNAL",
                "I0000 00:00:1796595975.427288    3076 cudart_stub.cc:31] Could not find cuda drivers",
-               "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow"]
+               "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow",
+               "I0000 00:00:1796601048.855721   27601 service.cc:161]   StreamExecutor [0]: Host, Default Version",
+               "I0000 00:00:1796601052.203500   27601 device_compiler.h:208] Compiled cluster using XLA!"]
     assert all(_NATIVE_NOISE.match(line) for line in dropped)
     assert not _NATIVE_NOISE.match("E0000 00:00:1796595982.511660    3076 bfc_allocator.cc:12] out of memory")
     assert not _NATIVE_NOISE.match("error: --steps: expected a positive integer")

@@ -31,12 +31,13 @@ COMPANION = {"ct_statistics": ("intensity_normalization", "ct")}
 
 @pytest.fixture()
 def command(monkeypatch):
+    from commands_in_process import flags_of
     monkeypatch.chdir(REPO)
     monkeypatch.syspath_prepend(str(REPO))
-    from vnet_tf.commands import train
-    flags.FLAGS.unparse_flags()
-    yield train
-    flags.FLAGS.unparse_flags()
+    with flags_of("train") as train:  # the other commands' flags parked
+        flags.FLAGS.unparse_flags()
+        yield train
+        flags.FLAGS.unparse_flags()
 
 
 def _leaves(config, prefix=""):

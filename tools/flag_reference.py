@@ -3,10 +3,10 @@
     python tools/flag_reference.py           # rewrite docs/reference/flags.md
     python tools/flag_reference.py --check   # exit 1 if the file is not what the code gives
 
-The flags are read from the commands themselves: the absl flags of :mod:`vnet_tf.commands`
-``train``, ``evaluate``, ``predict`` and ``export`` (each imported in its own process, as their
-flag names overlap; train.py's by stage, under the titles its ``FLAG_GROUPS`` gives), and the
-argparse parsers of the other commands (``build_parser``).
+The flags are read from the commands themselves: the absl flags of each module of
+:mod:`vnet_tf.commands` (each imported in its own process, as their flag names overlap;
+train.py's by stage, under the titles its ``FLAG_GROUPS`` gives), and the positional arguments
+a command's ``POSITIONAL`` names.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "docs" / "reference" / "flags.md"
-ABSL_COMMANDS = ("train", "evaluate", "export", "predict")
-ARGPARSE_COMMANDS = ("vnet_tf.commands.check", "vnet_tf.commands.plan", "vnet_tf.commands.client", "vnet_tf.commands.compare_runs", "vnet_tf.commands.pool_folds",
-                     "vnet_tf.commands.error_breakdown", "vnet_tf.commands.label_orientation")
+# Each command and how its reference heading runs it.
+COMMANDS = {"train": "train.py", "evaluate": "evaluate.py", "export": "export.py", "predict": "predict.py",
+            **{name: f"-m vnet_tf.commands.{name}" for name in (
+                "check", "plan", "client", "compare_runs", "pool_folds", "error_breakdown", "label_orientation")}}
 SHARED_MODULES = ("vnet_tf.commands.cli",)
 
 
@@ -34,7 +35,8 @@ def _absl_dump(command: str) -> list:
     module = importlib.import_module(module_name)
     field_of = getattr(module, "FIELD_OF", {})
     kept = {row.flag.name: row.flag.kept for row in getattr(module, "SETTINGS", ()) if row.flag is not None}
-    rows = []
+    rows = [{"name": name, "type": "argument", "default": "", "help": help_text, "choices": [], "section": ""}
+            for name, help_text in getattr(module, "POSITIONAL", {}).items()]
     groups = {**getattr(module, "FLAG_GROUPS", {module_name: ""}), **{name: "errors" for name in SHARED_MODULES}}
     for owner, section in groups.items():
         for flag in flags.FLAGS.get_flags_for_module(owner):
@@ -53,30 +55,13 @@ def unflagged() -> dict:
     return {"train.py": train.NOT_FLAGS}
 
 
-def _argparse_rows(module_name: str) -> list:
-    import importlib
-    parser = importlib.import_module(module_name).build_parser()
-    rows = []
-    for action in parser._actions:  # argparse exposes its arguments only here
-        if action.dest == "help":
-            continue
-        rows.append({"name": action.option_strings[0] if action.option_strings else action.dest.upper(),
-                     "type": getattr(action.type, "__name__", "string") if action.type else "string",
-                     "default": "" if action.default is None else repr(action.default),
-                     "help": action.help or "", "choices": list(action.choices or []), "section": ""})
-    return rows
-
-
 def command_flags() -> dict:
     """``{command: [flag dict, ...]}`` for every command, in definition order."""
     result = {}
-    for command in ABSL_COMMANDS:
+    for command, heading in COMMANDS.items():
         done = subprocess.run([sys.executable, __file__, "--dump", command], capture_output=True,
                               text=True, encoding="utf-8", check=True, cwd=REPO)
-        result[f"{command}.py"] = json.loads(done.stdout)
-    sys.path.insert(0, str(REPO))
-    for module_name in ARGPARSE_COMMANDS:
-        result[f"-m {module_name}"] = _argparse_rows(module_name)
+        result[heading] = json.loads(done.stdout)
     return result
 
 

@@ -1,6 +1,6 @@
 """Check a dataset before training: every case read, every problem reported at once.
 
-    python -m vnet_tf.commands.check DATA_DIR [--layout msd] [--num_classes 3] [--channels 1]
+    python -m vnet_tf.commands.check DATA_DIR [--layout=msd] [--num_classes=3] [--channels=1]
 
 What is checked: :mod:`vnet_tf.data.check`. Exit status 1 when any case has an error, 2 when
 the folder cannot be read as a dataset.
@@ -8,42 +8,34 @@ the folder cannot be read as a dataset.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from typing import Optional, Sequence
 
-from vnet_tf.core.errors import describe
+from absl import flags
+
+from vnet_tf.commands import cli
 from vnet_tf.data.cases import LAYOUTS, find_cases
-from vnet_tf.data.check import __doc__ as check_doc
 from vnet_tf.data.check import check_dataset
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m vnet_tf.commands.check``."""
-    parser = argparse.ArgumentParser(prog="python -m vnet_tf.commands.check", description=check_doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_dir", help="the dataset folder")
-    parser.add_argument("--layout", default="auto", choices=LAYOUTS, help="dataset layout")
-    parser.add_argument("--image_glob", help="with --layout glob, e.g. 'images/*.nii.gz'")
-    parser.add_argument("--label_glob", help="with --layout glob, e.g. 'labels/*.nii.gz'")
-    parser.add_argument("--num_classes", type=int, help="declared classes, background included")
-    parser.add_argument("--channels", type=int, help="declared image channels")
-    return parser
+flags.DEFINE_enum("layout", "auto", list(LAYOUTS), "dataset layout")
+flags.DEFINE_string("image_glob", None, "with --layout glob, e.g. 'images/*.nii.gz'")
+flags.DEFINE_string("label_glob", None, "with --layout glob, e.g. 'labels/*.nii.gz'")
+flags.DEFINE_integer("num_classes", None, "declared classes, background included", lower_bound=2)
+flags.DEFINE_integer("channels", None, "declared image channels", lower_bound=1)
+FLAGS = flags.FLAGS
+POSITIONAL = {"DATA_DIR": "the dataset folder"}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        dataset = find_cases(args.data_dir, args.layout, args.image_glob, args.label_glob)
-        report = check_dataset(dataset, args.num_classes, args.channels)
-    except (ValueError, OSError) as err:
-        if describe(err) is None:
-            raise
-        print(f"error: {describe(err)}", file=sys.stderr)
-        return 2
+def main(argv) -> int:
+    data_dir, = cli.positionals(argv, *POSITIONAL)
+    dataset = find_cases(data_dir, FLAGS.layout, FLAGS.image_glob, FLAGS.label_glob)
+    report = check_dataset(dataset, FLAGS.num_classes, FLAGS.channels)
     print(report.summary())
     return 0 if report.ok else 1
 
 
+def run() -> None:
+    """The ``vnet-check`` command."""
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

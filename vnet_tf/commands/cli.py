@@ -148,6 +148,18 @@ def parse_flags(argv):
         sys.exit(EXIT_USER_ERROR)
 
 
+def positionals(argv, *names: str, repeat_last: bool = False) -> list:
+    """The command's positional arguments after its flags (``argv[0]`` is the program): exactly
+    one per name, or with ``repeat_last`` one or more for the last name; else an
+    ``app.UsageError`` naming what was expected and what was found."""
+    args = list(argv[1:])
+    expected = " ".join(names) + (" ..." if repeat_last else "")
+    if len(args) < len(names) or (len(args) > len(names) and not repeat_last):
+        found = " ".join(args) if args else "none"
+        raise app.UsageError(f"expected the arguments {expected}, found {found}")
+    return args
+
+
 def run(main, argv=None) -> None:
     """``absl.app.run`` with :func:`guarded` and :func:`parse_flags`; exits the process. Run as the
     process's command line (``argv`` None), it also filters TensorFlow's start-up lines."""
@@ -156,11 +168,12 @@ def run(main, argv=None) -> None:
 
 # What TensorFlow's C++ side prints on starting on a machine without a GPU: absl's note on its
 # log, the CUDA probes ("failed call to cuInit", which reads as a failure), oneDNN's and the
-# CPU-feature notes. None is the user's concern; --debug shows them.
+# CPU-feature notes, and XLA's notes when it first compiles (its service, its devices, "Compiled
+# cluster using XLA"). None is the user's concern; --debug shows them.
 _NATIVE_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IWE]\d{4} [\d:.]+ +\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_dnn|cuda_fft|cuda_blas|port"
-    r"|cpu_feature_guard|cpu_allocator_impl)\.cc:\d+\]"
+    r"|cpu_feature_guard|cpu_allocator_impl|service|dump_mlir_util|device_compiler)\.(cc|h):\d+\]"
     r"|To enable the following instructions:)")
 
 

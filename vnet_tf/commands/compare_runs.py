@@ -14,30 +14,27 @@ runs that differ only in --seed can differ by more than it suggests (how much: d
 
 from __future__ import annotations
 
-import argparse
-import sys
+from absl import flags
 
+from vnet_tf.commands import cli
+from vnet_tf.core.errors import UserError
 from vnet_tf.evaluation.comparison import LOWER_IS_BETTER, metrics_csv, paired_comparison, read_metric
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vnet-compare-runs", description=__doc__.splitlines()[0])
-    parser.add_argument("base")
-    parser.add_argument("new")
-    parser.add_argument("--metric", default="dice")
-    return parser
+flags.DEFINE_string("metric", "dice", "the metrics.csv column to compare (dice, hd95, assd, ...)")
+FLAGS = flags.FLAGS
+POSITIONAL = {"BASE": "the base evaluation (evaluate.py's output folder or its metrics.csv)",
+              "NEW": "the new evaluation of the same cases"}
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def main(argv) -> int:
+    base, new = cli.positionals(argv, *POSITIONAL)
     try:
-        result = paired_comparison(read_metric(metrics_csv(args.base), args.metric),
-                                   read_metric(metrics_csv(args.new), args.metric),
-                                   higher_is_better=args.metric not in LOWER_IS_BETTER)
+        result = paired_comparison(read_metric(metrics_csv(base), FLAGS.metric),
+                                   read_metric(metrics_csv(new), FLAGS.metric),
+                                   higher_is_better=FLAGS.metric not in LOWER_IS_BETTER)
     except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
-    print(f"{args.metric}: {args.new} against {args.base}\n")
+        raise UserError(str(err)) from err
+    print(f"{FLAGS.metric}: {new} against {base}\n")
     print("| label | cases | base | new | difference (95 % CI) | better / equal / worse |\n|---|---|---|---|---|---|")
     for label, r in result.items():
         low, high = r["ci95"]
@@ -46,5 +43,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``vnet-compare-runs`` command."""
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -16,17 +16,22 @@ weighting it up in the loss; balanced errors at the boundary with background wil
 
 from __future__ import annotations
 
-import argparse
-import sys
 import json
 import pathlib
 
 import numpy as np
+from absl import flags
 
 from vnet_tf.data.cases import find_cases
 from vnet_tf.evaluation.report import find_prediction
 from vnet_tf.core.io import read_volume
 from vnet_tf.evaluation.metrics import confusion_matrix
+from vnet_tf.commands import cli
+from vnet_tf.core.errors import UserError
+
+flags.DEFINE_string("data_dir", "", "the dataset (default: the one summary.json names)")
+FLAGS = flags.FLAGS
+POSITIONAL = {"EVAL_DIR": "an evaluate.py output folder"}
 
 
 def breakdown(eval_dir: pathlib.Path, data_dir: str = ""):
@@ -71,24 +76,21 @@ def report(labels, matrices: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vnet-error-breakdown", description=__doc__.splitlines()[0])
-    parser.add_argument("eval_dir")
-    parser.add_argument("--data_dir", default="", help="the dataset (default: the one summary.json names)")
-    return parser
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def main(argv) -> int:
+    eval_dir, = cli.positionals(argv, *POSITIONAL)
     try:
-        labels, matrices = breakdown(pathlib.Path(args.eval_dir), args.data_dir)
+        labels, matrices = breakdown(pathlib.Path(eval_dir), FLAGS.data_dir)
     except (FileNotFoundError, ValueError, KeyError) as err:
-        parser.exit(2, f"error: {err}\n")
-    print(f"{args.eval_dir}: {len(matrices)} cases\n")
+        raise UserError(str(err)) from err
+    print(f"{eval_dir}: {len(matrices)} cases\n")
     print(report(labels, matrices))
     return 0
 
 
+def run() -> None:
+    """The ``vnet-error-breakdown`` command."""
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -13,16 +13,21 @@ mirroring along it averages in predictions for such layouts. Read it before choo
 
 from __future__ import annotations
 
-import argparse
-import sys
 import itertools
 
 import numpy as np
 import SimpleITK as sitk
+from absl import flags
 
 from vnet_tf.data.cases import find_cases
 from vnet_tf.core.io import image_to_array, read_image
 from vnet_tf.data.preprocess import PreprocessConfig
+from vnet_tf.commands import cli
+from vnet_tf.core.errors import UserError
+
+flags.DEFINE_string("orientation", "LPS", "reorient labels to this code first (as preprocessing)")
+FLAGS = flags.FLAGS
+POSITIONAL = {"DATA_DIR": "a labelled dataset folder"}
 
 AXES = ("z", "y", "x")
 
@@ -69,27 +74,23 @@ def report(rows, consistent: float = 0.95) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vnet-label-orientation", description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir")
-    parser.add_argument("--orientation", default="LPS", help="reorient labels to this code first (as preprocessing)")
-    return parser
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def main(argv) -> int:
+    data_dir, = cli.positionals(argv, *POSITIONAL)
     try:
-        labels, found = centroids(args.data_dir, args.orientation)
+        labels, found = centroids(data_dir, FLAGS.orientation)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
-        parser.exit(2, f"error: {err}\n")
+        raise UserError(str(err)) from err
     if len(labels) < 2:
-        parser.exit(2, f"error: {args.data_dir}: expected at least two foreground labels "
-                         f"to compare, found {labels}\n")
-    print(f"{args.data_dir}: {len(found)} cases, labels {labels}, reoriented to {args.orientation}\n")
+        raise UserError(f"{data_dir}: expected at least two foreground labels to compare, found {labels}")
+    print(f"{data_dir}: {len(found)} cases, labels {labels}, reoriented to {FLAGS.orientation}\n")
     print(report(agreement(labels, found)))
     return 0
 
 
+def run() -> None:
+    """The ``vnet-label-orientation`` command."""
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -11,27 +11,21 @@ bootstrap interval of the mean Dice over the cases (how far case sampling alone 
 
 from __future__ import annotations
 
-import argparse
-import sys
-
+from vnet_tf.commands import cli
+from vnet_tf.core.errors import UserError
 from vnet_tf.evaluation.comparison import metrics_csv, pooled_summary
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vnet-pool-folds", description=__doc__.splitlines()[0])
-    parser.add_argument("evaluations", nargs="+")
-    return parser
+POSITIONAL = {"EVALUATION": "evaluate.py output folders (or their metrics.csv), one per fold"}
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def main(argv) -> int:
+    evaluations = cli.positionals(argv, *POSITIONAL, repeat_last=True)
     try:
-        result = pooled_summary([metrics_csv(p) for p in args.evaluations])
+        result = pooled_summary([metrics_csv(p) for p in evaluations])
     except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
+        raise UserError(str(err)) from err
     n = {label: r["dice"]["n"] + r["dice"]["missing"] for label, r in result.items()}
-    print(f"{len(args.evaluations)} evaluations, {max(n.values())} cases\n")
+    print(f"{len(evaluations)} evaluations, {max(n.values())} cases\n")
     print("| label | cases | Dice | Dice mean, 95 % interval | HD95 (mm) | ASSD (mm) | distances missing |\n"
           "|---|---|---|---|---|---|---|")
     for label, r in result.items():
@@ -43,5 +37,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``vnet-pool-folds`` command."""
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -141,3 +141,19 @@ def test_a_setting_the_inference_graph_cannot_reproduce_is_refused_naming_it():
         config = TrainConfig(data_dir="d", workdir="w", preprocess=PreprocessConfig(**{field: value}))
         with pytest.raises(UserError, match=rf"preprocess.{field} '{value}': the inference graph"):
             config.validate()
+
+
+@pytest.mark.parametrize("flagfile", sorted(p.name for p in (REPO / "configs").glob("*.flags")))
+def test_every_shipped_flagfile_gives_a_valid_run_and_its_network(flagfile, monkeypatch):
+    """Each flagfile in configs/ parses into a TrainConfig that passes every check, and its
+    network builds with an output per class (training from demo.flags and hippocampus.flags runs
+    in test_train; the paper-sized networks are only built here)."""
+    import keras
+    from conftest import flagfile_config
+    from vnet_tf.model.networks import build_network
+    config = flagfile_config(flagfile, monkeypatch)
+    model = dataclasses.replace(config.model, num_classes=3)
+    network = build_network(model)
+    assert network.model.output_shape[-1] == 3
+    assert config.inference.patch_size_zyx == config.patch_size_zyx
+    keras.backend.clear_session()

@@ -67,7 +67,7 @@ def _checkpoint_arrays(path, group):
 
 
 def test_a_run_saves_the_average_and_validates_with_it(tmp_path):
-    from vnet_tf.inference.workdir import restore_model
+    from vnet_tf.inference.run_folder import restore_model
     args = ["--steps=6", "--weight_average=0.9", "--validation_every=6", "--checkpoint_every=3",
             "--deterministic"]
     cache = tmp_path / "cache"
@@ -99,7 +99,7 @@ def test_a_run_saves_the_average_and_validates_with_it(tmp_path):
 
 
 def test_final_raw_needs_a_run_with_an_average(tiny_run):
-    from vnet_tf.inference.workdir import restore_model
+    from vnet_tf.inference.run_folder import restore_model
     with pytest.raises(ValueError, match="final_raw.*weight_average"):
         restore_model(tiny_run[0], "final_raw")
 

@@ -89,6 +89,6 @@ def test_training_run_checkpoints_the_heads_and_deploys_without_them(tmp_path):
     assert len(heads) == 2  # one head (kernel, bias) at depth 3; their exact resume: test_train.py's kill test
     config = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert config["deep_supervision"] == 1 and config["batch_dice"] and not config["dice_squared"]
-    from vnet_tf.inference.workdir import restore_model
+    from vnet_tf.inference.run_folder import restore_model
     model, _ = restore_model(tmp_path / "run", "final")  # what evaluation and export use
     assert len(model.outputs) == 1 and not any(l.name.startswith("deep_supervision") for l in model.layers)

@@ -383,7 +383,7 @@ def _untrained_twin(run, target, **model_changes):
 def test_an_ensemble_exports_as_one_model_serving_the_mean(tiny_run, tmp_path, rng):
     import tensorflow as tf
     from vnet_tf.serving.exporter import export_run
-    from vnet_tf.inference.workdir import restore_model
+    from vnet_tf.inference.run_folder import restore_model
     run, _ = tiny_run
     twin = _untrained_twin(run, tmp_path / "twin")
     version = export_run([run, twin], tmp_path / "base")

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from vnet_tf.core.errors import UserError
-from vnet_tf.inference.workdir import run_model_config
+from vnet_tf.inference.run_folder import run_model_config
 from vnet_tf.model.vnet import VNetConfig, build_vnet
 from vnet_tf.training import loop
 from vnet_tf.training.config import TrainConfig
@@ -88,7 +88,7 @@ def test_inference_never_recomputes_and_the_option_is_checked():
 def test_a_run_resumes_with_recompute_changed_but_not_other_model_settings(tmp_path):
     settings = {"train": {"batch_size": 2, "model": {"dropout": 0.0, "recompute": False}}}
     (tmp_path / "config.json").write_text(json.dumps(settings))
-    (tmp_path / loop.run_files.CHECKPOINT).write_bytes(b"")
+    (tmp_path / loop.run_folder.CHECKPOINT).write_bytes(b"")
     loop._check_same_run(tmp_path / "config.json", {"batch_size": 2, "model": {"dropout": 0.0, "recompute": True}})
     old = {"train": {"batch_size": 2, "model": {"dropout": 0.0}}}  # a run written before the setting existed
     (tmp_path / "config.json").write_text(json.dumps(old))

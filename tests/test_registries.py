@@ -49,7 +49,7 @@ def test_a_registered_loss_and_network_are_flag_choices_that_train_and_rebuild(t
     assert config["train"]["loss"] == "squared_error" and config["model"]["architecture"] == "one_conv"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and 0 < summary["final_loss"] < 1  # a squared error of probabilities
-    from vnet_tf.inference.workdir import restore_model
+    from vnet_tf.inference.run_folder import restore_model
     model, _ = restore_model(run, "final")  # as evaluation, prediction and export rebuild it
     assert model.name == "one_conv" and len(model.layers) == 4
 

@@ -35,7 +35,7 @@ def _workdir(source, target, preprocess, inference, patch, channels=None, weight
     of that many input channels)."""
     from vnet_tf.model.checkpoint import save_checkpoint
     from vnet_tf.model.vnet import build_vnet
-    from vnet_tf.inference.workdir import run_model_config
+    from vnet_tf.inference.run_folder import run_model_config
     config = json.loads((source / "config.json").read_text())
     config["train"]["preprocess"] = preprocess.to_dict()
     config["train"]["inference"] = inference.to_dict()
@@ -55,7 +55,7 @@ def _averaged_workdir(source, target, preprocess, inference, patch):
     """A run with a weight average whose average differs from its training weights."""
     from vnet_tf.model import averaging
     from vnet_tf.model.checkpoint import save_checkpoint
-    from vnet_tf.inference.workdir import restore_model
+    from vnet_tf.inference.run_folder import restore_model
     work = _workdir(source, target, preprocess, inference, patch)
     config = json.loads((work / "config.json").read_text())
     config["train"]["weight_average"] = 0.99

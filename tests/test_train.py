@@ -162,7 +162,7 @@ def test_mixed_precision_losses_are_finite(tmp_path, policy):
     assert resolved["model"]["dtype_policy"] == (None if expected == "none" else expected)
     assert resolved["train"]["mixed_precision"] == policy
     # evaluate.py scores the weights in float32, as export.py serves them (every variable restored).
-    from vnet_tf.inference.workdir import restore_model
+    from vnet_tf.inference.run_folder import restore_model
     scored, _ = restore_model(tmp_path / "run", "final")
     assert scored.get_layer("left0_conv0").dtype_policy.name == "float32"
     with np.load(tmp_path / "run" / "checkpoint.npz") as data:

@@ -20,6 +20,8 @@ import sys
 from absl import app, flags
 
 from vnet_tf.commands import cli
+from vnet_tf.data.cases import FOLDER_LAYOUTS
+from vnet_tf.inference.segmentation import POSTPROCESS_MODES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model", [], "a training workdir (config.json + best.npz / checkpoint.npz), or an "
@@ -29,14 +31,14 @@ flags.DEFINE_enum("which", "best", ["best", "final", "final_raw"], "which model 
                   "with --weight_average, its training weights rather than their average)")
 flags.DEFINE_string("predictions_dir", "", "score the predictions in this folder instead of running a model")
 flags.DEFINE_string("data_dir", "", "dataset folder with labels (any layout train.py reads)")
-flags.DEFINE_enum("layout", "auto", ["auto", "msd", "nnunet", "promise12"], "dataset layout")
+flags.DEFINE_enum("layout", "auto", list(FOLDER_LAYOUTS), "dataset layout")
 flags.DEFINE_string("output_dir", "", "where the predictions and the report go")
 flags.DEFINE_integer("fold", -1, "only the cases of this fold (case-id hash, as train.py); -1 = all")
 flags.DEFINE_integer("num_folds", 5, "folds for --fold", lower_bound=2)
 flags.DEFINE_integer("max_cases", 0, "score at most this many cases (0 = all)", lower_bound=0)
 flags.DEFINE_float("overlap", None, "sliding-window overlap (default: the run's)")
 flags.DEFINE_list("mirror_axes", None, "test-time mirroring axes 0=z,1=y,2=x (default: the run's); 'none' = off")
-flags.DEFINE_enum("postprocess", None, ["none", "largest", "min_size"], "post-processing (default: the run's)")
+flags.DEFINE_enum("postprocess", None, list(POSTPROCESS_MODES), "post-processing (default: the run's)")
 flags.DEFINE_integer("window_batch", None, "windows per forward pass", lower_bound=1)
 flags.DEFINE_bool("figures", True, "write PNG figures")
 

@@ -17,11 +17,10 @@ from absl import flags
 from vnet_tf.commands import cli
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.folders import atomic_write_text
-from vnet_tf.data.cases import find_cases
+from vnet_tf.data.cases import FOLDER_LAYOUTS, find_cases
 from vnet_tf.data.fingerprint import fingerprint_dataset
-from vnet_tf.training.config import FLAG_LAYOUTS
 
-flags.DEFINE_enum("layout", "auto", list(FLAG_LAYOUTS), "dataset layout")
+flags.DEFINE_enum("layout", "auto", list(FOLDER_LAYOUTS), "dataset layout")
 flags.DEFINE_string("output", None, "the flagfile to write (default: plans/<dataset folder name>.flags)")
 flags.DEFINE_string("workdir", None, "the run's workdir in the flagfile (default: runs/<dataset folder name>)")
 flags.DEFINE_float("memory_gb", 8.0, "budget for a training step's estimated working memory, GiB (sets the patch "

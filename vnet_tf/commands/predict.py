@@ -21,6 +21,7 @@ import sys
 from absl import app, flags
 
 from vnet_tf.commands import cli
+from vnet_tf.inference.segmentation import POSTPROCESS_MODES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model", [], "a training workdir, several (comma-separated: an ensemble), or an exported "
@@ -34,7 +35,7 @@ flags.DEFINE_bool("probabilities", False, "also write <case>_probabilities.nii.g
 flags.DEFINE_bool("overwrite", False, "predict scans whose label map is already in --output_dir again")
 flags.DEFINE_float("overlap", None, "sliding-window overlap (default: the run's)")
 flags.DEFINE_list("mirror_axes", None, "test-time mirroring axes 0=z,1=y,2=x (default: the run's); 'none' = off")
-flags.DEFINE_enum("postprocess", None, ["none", "largest", "min_size"], "post-processing (default: the run's)")
+flags.DEFINE_enum("postprocess", None, list(POSTPROCESS_MODES), "post-processing (default: the run's)")
 
 
 def main(argv):

@@ -29,6 +29,8 @@ from vnet_tf.core.errors import UserError
 from vnet_tf.core.io import PathLike, case_stem, volume_suffix
 
 LAYOUTS = ("auto", "msd", "nnunet", "promise12", "glob")
+# The layouts a folder alone defines (``glob`` also needs two patterns): what a --layout flag names.
+FOLDER_LAYOUTS = tuple(name for name in LAYOUTS if name != "glob")
 _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 

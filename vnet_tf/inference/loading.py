@@ -19,7 +19,7 @@ from vnet_tf.inference.ensemble import MeanOfModels, Member, check_members
 from vnet_tf.inference.segmenter import Segmenter
 from vnet_tf.core.io import PathLike
 from vnet_tf.inference.signatures import RUN_FILE, SIGNATURES
-from vnet_tf.inference.workdir import restore_model, run_configs
+from vnet_tf.inference.run_folder import restore_model, run_configs
 
 # Inference settings that act on the host, after the graph: a SavedModel's can be changed.
 HOST_SETTINGS = ("postprocess", "min_size")

@@ -13,7 +13,7 @@ from vnet_tf.augment.config import NNUNET_KEPT, AugmentConfig
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.labels import MAX_CLASSES
 from vnet_tf.core.settings import Flag, flag, group, no_flag
-from vnet_tf.data.cases import LAYOUTS, check_fold
+from vnet_tf.data.cases import FOLDER_LAYOUTS, check_fold
 from vnet_tf.data.preprocess import PreprocessConfig
 from vnet_tf.inference.config import InferenceConfig
 from vnet_tf.inference.segmentation import POSTPROCESS_MODES
@@ -26,8 +26,6 @@ AUGMENT_ON = ("device", "host")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "poly", "cosine")
 PATCH_SIZE = InferenceConfig.patch_size_zyx  # the one default patch, training's and inference's
-# The layouts a flag may name: ``glob`` needs two patterns, which a library caller passes.
-FLAG_LAYOUTS = tuple(name for name in LAYOUTS if name != "glob")
 
 
 def mixed_policy(name):
@@ -96,7 +94,7 @@ class TrainConfig:
                         flag_default="runs/demo")
     cache_dir: str = flag(".cache", name="cache_dir", help="preprocessed-case cache (and the demo dataset)",
                           stage="data")
-    layout: str = flag("auto", name="layout", help="dataset layout", stage="data", choices=FLAG_LAYOUTS)
+    layout: str = flag("auto", name="layout", help="dataset layout", stage="data", choices=FOLDER_LAYOUTS)
     num_classes: int = flag(0, name="num_classes", stage="data", lower=0, help=(
         "classes, background included; 0 = those dataset.json declares, else the label values found, which must "
         "then be 0..K-1 without gaps"))

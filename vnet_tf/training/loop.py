@@ -30,7 +30,7 @@ import tensorflow as tf
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.folders import CHECKPOINT_TEMPORARIES, remove_stale, writable_folder
 from vnet_tf.core.lock import folder_lock
-from vnet_tf.inference import workdir as run_files
+from vnet_tf.inference import run_folder
 from vnet_tf.training.build import build_parts, prepare_data
 from vnet_tf.training.config import TrainConfig
 from vnet_tf.training.run import Run
@@ -41,7 +41,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     """Trains (or resumes) and writes into ``config.workdir``: ``config.json``,
     ``checkpoint.npz`` (the latest training state), ``best.npz`` (the weights of the best
     validation Dice; without validation, the final weights), ``tensorboard/`` and
-    ``summary.json``; :mod:`vnet_tf.inference.workdir` reads them. With ``weight_average``,
+    ``summary.json``; :mod:`vnet_tf.inference.run_folder` reads them. With ``weight_average``,
     validation and ``best.npz`` use the weights' moving average (:mod:`vnet_tf.model.averaging`),
     and ``checkpoint.npz`` holds both. Returns the summary;
     ``on_end(model, strategy)`` is called with the trained model (tests inspect replicas).
@@ -71,7 +71,7 @@ def _train(config: TrainConfig, clock_start: float, log: Callable[[str], None], 
            on_end: Optional[Callable], replay_flags: Optional[str]) -> dict:
     """:func:`train` with the workdir locked."""
     workdir = _open_workdir(config, log)
-    finished = _finished_summary(workdir, config, run_files.state_meta(workdir))
+    finished = _finished_summary(workdir, config, run_folder.state_meta(workdir))
     if finished is not None:  # the caller says so (and which setting continues it)
         return finished
     keras.utils.set_random_seed(config.seed)
@@ -80,14 +80,14 @@ def _train(config: TrainConfig, clock_start: float, log: Callable[[str], None], 
 
     train_paths, val_paths, num_classes = prepare_data(config, log)
     if replay_flags is not None:
-        run_files.write_text(workdir, run_files.FLAGS_FILE, replay_flags)
+        run_folder.write_text(workdir, run_folder.FLAGS_FILE, replay_flags)
     if num_classes < 2:
         raise UserError(f"{config.data_dir}: every label is empty (background only); expected at least one "
                         f"foreground class")
     parts = build_parts(config, train_paths, val_paths, num_classes, log)
     run = Run(config, workdir, log, parts)
     run.restore(clock_start, bool(val_paths))
-    run_files.write_json(workdir, run_files.CONFIG, parts.resolved)
+    run_folder.write_json(workdir, run_folder.CONFIG, parts.resolved)
     run.start(train_paths, val_paths, progress)
     run.loop()
     summary = run.finish()
@@ -103,7 +103,7 @@ def _open_workdir(config: TrainConfig, log: Callable[[str], None]) -> pathlib.Pa
     writable_folder(config.cache_dir, "cache_dir")
     for stale in remove_stale(workdir, CHECKPOINT_TEMPORARIES):
         log(f"removed {stale.name}, a temporary file left by a stopped run")
-    _check_same_run(workdir / run_files.CONFIG, config.to_dict())
+    _check_same_run(workdir / run_folder.CONFIG, config.to_dict())
     return workdir
 
 
@@ -113,7 +113,7 @@ def _finished_summary(workdir: pathlib.Path, config: TrainConfig, meta: Optional
     if not meta:
         return None
     try:
-        summary = json.loads((workdir / run_files.SUMMARY).read_text(encoding="utf-8"))
+        summary = json.loads((workdir / run_folder.SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # killed after its last checkpoint: the run writes its final models and summary
     if not isinstance(summary, dict) or summary.get("steps") != meta["step"]:
@@ -130,7 +130,7 @@ def _check_same_run(config_file: pathlib.Path, settings: dict) -> None:
     """A workdir holds one run: resuming with other settings (apart from ``steps``,
     ``time_budget_minutes``, the workdir and cache folders, which may move, and
     ``model.recompute``, which changes memory, not results) is an error."""
-    if not config_file.is_file() or not (config_file.parent / run_files.CHECKPOINT).is_file():
+    if not config_file.is_file() or not (config_file.parent / run_folder.CHECKPOINT).is_file():
         return
     try:
         previous = json.loads(config_file.read_text(encoding="utf-8"))

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from vnet_tf.data.cache import load_cached_case
-from vnet_tf.inference import workdir as run_files
+from vnet_tf.inference import run_folder
 from vnet_tf.inference.segmenter import Segmenter
 from vnet_tf.model.losses import dice_per_class
 from vnet_tf.training.budget import BudgetClock
@@ -63,12 +63,12 @@ class Run:
         """Continues from the latest checkpoint, if any, and plans the run's length (for the
         time budget given now, which may differ from the last part's)."""
         config, elapsed_before = self.config, 0.0
-        restored = run_files.restore_state(self.workdir, self.parts.groups)
+        restored = run_folder.restore_state(self.workdir, self.parts.groups)
         if restored is not None:
             self.meta, count = restored
             self.start_step, self.best = int(self.meta["step"]), float(self.meta["best_score"])
             elapsed_before = float(self.meta.get("elapsed_seconds", 0.0))
-            self.log(f"resumed from {self.workdir / run_files.CHECKPOINT} at step {self.start_step} "
+            self.log(f"resumed from {self.workdir / run_folder.CHECKPOINT} at step {self.start_step} "
                      f"({count} variables restored)")
         self.step = self.start_step
         self.clock = BudgetClock(self.budget, elapsed_before, clock_start)
@@ -154,7 +154,7 @@ class Run:
             self.logger.validation(self.step, self.last_scores, example)
             if score > self.best:
                 self.best = score
-                run_files.save_best(self.workdir, self.parts.groups["model"], self.step, self.best)
+                run_folder.save_best(self.workdir, self.parts.groups["model"], self.step, self.best)
         seconds = time.perf_counter() - started
         self.clock.add_validation(seconds)
         if self.budget and self.step < self.total:  # if it used up the budget, it was the last one
@@ -162,7 +162,7 @@ class Run:
         return seconds
 
     def _checkpoint(self, loss: float) -> None:
-        run_files.save_state(self.workdir, self.parts.groups,
+        run_folder.save_state(self.workdir, self.parts.groups,
                         {"step": self.step, "best_score": self.best, "planned_steps": self.total,
                          "elapsed_seconds": self.clock.elapsed(time.perf_counter()), **self.clock.rates(),
                          "final_loss": loss, "validation_dice_per_class": _floats(self.last_scores)})
@@ -171,9 +171,9 @@ class Run:
         """Saves the final models and writes ``summary.json``; returns the summary."""
         config, workdir, step = self.config, self.workdir, self.step
         self.logger.close()
-        if not (workdir / run_files.BEST).exists():  # no validation (--fold=-1): the final weights are the best
+        if not (workdir / run_folder.BEST).exists():  # no validation (--fold=-1): the final weights are the best
             with self._averaged():
-                run_files.save_best(workdir, self.parts.groups["model"], step, self.best)
+                run_folder.save_best(workdir, self.parts.groups["model"], step, self.best)
         seconds, ran = self.seconds, step - self.start_step
         summary = {"steps": step, "resumed_from_step": self.start_step, "seconds_this_run": round(seconds, 1),
                    "steps_per_second": round(ran / seconds, 4) if seconds > 0 and ran > 0 else None,
@@ -192,7 +192,7 @@ class Run:
                    "stopped_by_budget": bool(self.budget) and step < config.steps,
                    "speed": self.clock.speed(),
                    "peak_memory_mb": round(peak_rss_mb(), 1), "workdir": str(workdir.resolve())}
-        run_files.write_json(workdir, run_files.SUMMARY, summary)
+        run_folder.write_json(workdir, run_folder.SUMMARY, summary)
         return summary
 
 

@@ -34,3 +34,23 @@ def test_a_handful_of_cases_is_drawn_as_points(tmp_path):
     assert metric_plot(tmp_path / "few.png", _records(MIN_CASES_FOR_BOXES - 1), [1]) == "points"
     assert metric_plot(tmp_path / "many.png", _records(MIN_CASES_FOR_BOXES), [1]) == "boxes"
     assert all((tmp_path / f"{n}.png").stat().st_size > 1000 for n in ("one", "few", "many"))
+
+
+def test_the_figures_name_each_class_as_the_dataset_does(tmp_path, monkeypatch):
+    import matplotlib.figure
+    texts, save = [], matplotlib.figure.Figure.savefig
+
+    def keep_texts(fig, *args, **kwargs):
+        texts.append({t.get_text() for legend in fig.legends for t in legend.get_texts()}
+                     | {t.get_text() for ax in fig.axes for t in ax.get_xticklabels()})
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep_texts)
+    square = np.zeros((20, 20, 20), np.uint8)
+    square[5:15, 5:15, 5:15] = 1
+    case_figure(tmp_path / "case.png", np.zeros(square.shape, np.float32), square, square, [1], "t",
+                names={1: "left atrium"})
+    metric_plot(tmp_path / "plot.png", _records(3), [1], names={1: "left atrium"})
+    metric_plot(tmp_path / "unnamed.png", _records(3), [1])
+    assert {"label 1 (left atrium) reference", "label 1 (left atrium) prediction"} <= texts[0]
+    assert "label 1 (left atrium)" in texts[1] and "label 1" in texts[2]

@@ -205,11 +205,6 @@ def filter_native_logs() -> None:
     atexit.register(drain)
 
 
-def class_label(number: int, names: dict) -> str:
-    """``label 1 (left atrium)``: a class by its number and, where the dataset names it, its name."""
-    return f"label {number} ({names[number]})" if number in names else f"label {number}"
-
-
 def output_folder_lock(folder, what: str):
     """The lock of the output folder ``folder`` where it exists already (where it does not, no
     other command can be writing it yet, and the library call locks it once created), so that

@@ -20,6 +20,7 @@ import sys
 from absl import app, flags
 
 from vnet_tf.commands import cli
+from vnet_tf.core.labels import class_label
 from vnet_tf.data.cases import FOLDER_LAYOUTS
 from vnet_tf.inference.segmentation import POSTPROCESS_MODES
 
@@ -106,7 +107,7 @@ def _print_summary(summary: dict, num_cases: int, names: dict) -> int:
     for k, stats in summary["per_label"].items():
         d, h = stats["dice"], stats["hd95"]
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"{cli.class_label(int(k), names)}: Dice {fmt(d['mean'])} +/- {fmt(d['std'])}, HD95 {fmt(h['mean'])} mm "
+        print(f"{class_label(int(k), names)}: Dice {fmt(d['mean'])} +/- {fmt(d['std'])}, HD95 {fmt(h['mean'])} mm "
               f"({h['missing']} missing), n={d['n']}")
     print(f"report in {pathlib.Path(FLAGS.output_dir).resolve()}")
     if summary["num_failed"]:
@@ -133,7 +134,8 @@ def _evaluate() -> int:
     else:
         labels = sorted(k for k in (dataset.labels or {}) if k > 0) or [1]
         kwargs = dict(predictions_dir=FLAGS.predictions_dir)
-    summary = evaluate_cases(cases, FLAGS.output_dir, labels, settings=settings, figures=FLAGS.figures, **kwargs)
+    summary = evaluate_cases(cases, FLAGS.output_dir, labels, settings=settings, figures=FLAGS.figures,
+                             label_names=dataset.labels, **kwargs)
     return _print_summary(summary, len(cases), dataset.labels or {})
 
 

@@ -14,6 +14,7 @@ import pathlib
 from absl import app, flags
 
 from vnet_tf.commands import cli, setting_flags
+from vnet_tf.core.labels import class_label
 from vnet_tf.core.settings import settings
 from vnet_tf.training.config import TrainConfig  # no TensorFlow at import
 
@@ -87,7 +88,7 @@ def main(argv):
     dice = summary["validation_dice_per_class"]
     from vnet_tf.data.cases import find_cases  # pylint: disable=import-outside-toplevel
     names = find_cases(data_dir, FLAGS.layout).labels or {}
-    dice_text = "n/a" if dice is None else ", ".join(f"{cli.class_label(k, names)} {d:.3f}" for k, d in enumerate(dice))
+    dice_text = "n/a" if dice is None else ", ".join(f"{class_label(k, names)} {d:.3f}" for k, d in enumerate(dice))
     print(f"done: step {summary['steps']} ({summary['steps_per_second']} steps/s this run, peak memory "
           f"{summary['peak_memory_mb']} MB); validation Dice per class: {dice_text}; "
           f"outputs in {workdir.resolve()}")

@@ -35,3 +35,10 @@ def value_problem(values, num_classes: Optional[int] = None) -> Optional[str]:
                     f"class numbers 0..{MAX_CLASSES - 1} (labels are stored as uint8)")
         return f"label values {found} lie outside {expected}"
     return None
+
+
+def class_label(number: int, names: Optional[dict] = None) -> str:
+    """``label 1 (left atrium)``: a class by its number and, where the dataset names it
+    (``names``: number -> name), its name."""
+    names = names or {}
+    return f"label {number} ({names[number]})" if number in names else f"label {number}"

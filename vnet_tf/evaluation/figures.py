@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 import pathlib
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
+
+from vnet_tf.core.labels import class_label
 
 COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:cyan")
 MIN_CASES_FOR_BOXES = 5
@@ -29,9 +31,9 @@ def _pyplot():
 
 
 def case_figure(path: pathlib.Path, image: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
-                labels: Sequence[int], title: str) -> None:
+                labels: Sequence[int], title: str, names: Optional[dict] = None) -> None:
     """Writes the slices of ``image`` (``(z, y, x)``) with ``reference`` filled and
-    ``prediction`` outlined for each of ``labels``."""
+    ``prediction`` outlined for each of ``labels`` (named as ``names``, the dataset's, says)."""
     from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
     from matplotlib.patches import Patch  # pylint: disable=import-outside-toplevel
     plt = _pyplot()
@@ -52,8 +54,8 @@ def case_figure(path: pathlib.Path, image: np.ndarray, reference: np.ndarray, pr
         ax.axis("off")
     handles = []
     for k, colour in colours.items():
-        handles += [Patch(facecolor=colour, alpha=0.45, label=f"label {k} reference"),
-                    Line2D([], [], color=colour, linewidth=1.2, label=f"label {k} prediction")]
+        handles += [Patch(facecolor=colour, alpha=0.45, label=f"{class_label(k, names)} reference"),
+                    Line2D([], [], color=colour, linewidth=1.2, label=f"{class_label(k, names)} prediction")]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(bottom=0.2)
@@ -67,7 +69,7 @@ def _single_colour(colour):
     return ListedColormap([colour])
 
 
-def metric_plot(path: pathlib.Path, records: List[dict], labels: Sequence[int]) -> str:
+def metric_plot(path: pathlib.Path, records: List[dict], labels: Sequence[int], names: Optional[dict] = None) -> str:
     """Writes Dice and HD95 per label over ``records`` (an evaluation's per-case records);
     returns ``"boxes"`` or ``"points"``, what it drew."""
     plt = _pyplot()
@@ -81,7 +83,7 @@ def metric_plot(path: pathlib.Path, records: List[dict], labels: Sequence[int]) 
         for i, values in enumerate(data, start=1):
             spread = np.linspace(-0.08, 0.08, len(values)) if len(values) > 1 else np.zeros(len(values))
             ax.plot(i + spread, values, "o", color="black", markersize=3, alpha=0.6)
-        ax.set_xticks(range(1, len(labels) + 1), [f"label {k}" for k in labels])
+        ax.set_xticks(range(1, len(labels) + 1), [class_label(k, names) for k in labels], fontsize=7)
         ax.set_xlim(0.5, len(labels) + 0.5)
         ax.set_ylim(0, 1.02) if metric == "dice" else ax.set_ylim(bottom=0)  # scales that do not magnify noise
         ax.set_title(("Dice" if metric == "dice" else "HD95 (mm)") + f", {len(records)} case(s)")

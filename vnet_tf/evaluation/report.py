@@ -97,9 +97,11 @@ def evaluate_cases(cases: Sequence[Case], output_dir: PathLike, labels: Sequence
                    segment: Optional[SegmentFunction] = None, preprocess: Optional[PreprocessConfig] = None,
                    inference: Optional[InferenceConfig] = None, predictions_dir: Optional[PathLike] = None,
                    settings: Optional[dict] = None, figures: bool = True,
-                   progress: Callable[[int, int, float, str], None] = _progress) -> dict:
+                   progress: Callable[[int, int, float, str], None] = _progress,
+                   label_names: Optional[dict] = None) -> dict:
     """Segments (with ``segment``, the inference graph) or reads (from ``predictions_dir``) every case, scores
-    it against its label for ``labels`` (foreground label values) and writes the report.
+    it against its label for ``labels`` (foreground label values) and writes the report; the
+    figures name each class as ``label_names`` (the dataset's, number -> name) does.
     Returns the summary (also written to ``summary.json``)."""
     if (segment is None) == (predictions_dir is None):
         raise ValueError("give either segment (a model) or predictions_dir, not both or neither")
@@ -110,7 +112,7 @@ def evaluate_cases(cases: Sequence[Case], output_dir: PathLike, labels: Sequence
         remove_stale(out / "predictions", VOLUME_TEMPORARIES)
         set_aside_report(out)
         return _score_cases(cases, out, labels, segment, preprocess, inference, predictions_dir, settings,
-                            figures, progress)
+                            (label_names or {}) if figures else None, progress)
 
 
 def set_aside_report(out: pathlib.Path) -> List[str]:
@@ -134,7 +136,8 @@ def set_aside_report(out: pathlib.Path) -> List[str]:
 
 def _score_cases(cases, out: pathlib.Path, labels, segment, preprocess, inference, predictions_dir, settings,
                  figures, progress) -> dict:
-    """:func:`evaluate_cases` with the output folder locked and cleared of an earlier report."""
+    """:func:`evaluate_cases` with the output folder locked and cleared of an earlier report;
+    ``figures``: the class names for them, or ``None`` for no figures."""
     records, failed, timings = [], [], []
     started = time.perf_counter()
     rows = _RowWriter(out / PARTIAL_CSV)
@@ -165,8 +168,8 @@ def _score_cases(cases, out: pathlib.Path, labels, segment, preprocess, inferenc
             scores = case_metrics(label, reference, spacing_zyx, labels)
             records.append({"case_id": case.case_id, "labels": {str(k): v for k, v in scores.items()}})
             rows.write(records[-1])
-            if figures:
-                _case_figure(out / "figures" / f"{case.case_id}.png", reference, label, case, labels, scan)
+            if figures is not None:
+                _case_figure(out / "figures" / f"{case.case_id}.png", reference, label, case, labels, scan, figures)
             text = " ".join(f"dice{k}={v['dice']:.3f}" for k, v in scores.items())
         except Exception as err:  # reported, skipped, counted: one case never costs the others' results
             failed.append({"case_id": case.case_id, "error": describe(err) or f"{type(err).__name__}: {err}"})
@@ -178,8 +181,8 @@ def _score_cases(cases, out: pathlib.Path, labels, segment, preprocess, inferenc
     rows.close()
     os.replace(out / PARTIAL_CSV, out / "metrics.csv")
     atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2))
-    if figures and records:
-        metric_plot(out / "figures" / "dice_hd95.png", records, labels)
+    if figures is not None and records:
+        metric_plot(out / "figures" / "dice_hd95.png", records, labels, figures)
     return summary
 
 
@@ -235,8 +238,8 @@ class _RowWriter:
         self._handle.close()
 
 
-def _case_figure(path: pathlib.Path, reference, prediction, case: Case, labels, scan=None) -> None:
+def _case_figure(path: pathlib.Path, reference, prediction, case: Case, labels, scan, names: dict) -> None:
     # The scan already read for prediction, else read it (scoring existing predictions).
     image = sitk.GetArrayFromImage(scan) if scan is not None else read_volume(case.images[0])[0]
     case_figure(path, image[..., 0] if image.ndim == 4 else image, reference, prediction, labels,
-                f"{case.case_id}: reference filled, prediction outlined")
+                f"{case.case_id}: reference filled, prediction outlined", names)

@@ -58,6 +58,8 @@ def test_surface_distances_against_brute_force_and_simpleitk(spacing):
     assert m["hd"] == pytest.approx(max(d_pr.max(), d_rp.max()), abs=1e-4)
     assert m["hd95"] == pytest.approx(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)), abs=1e-4)
     assert m["assd"] == pytest.approx((d_pr.sum() + d_rp.sum()) / (d_pr.size + d_rp.size), abs=1e-4)
+    assert m["asd"] == pytest.approx(d_pr.mean(), abs=1e-4)
+    assert m["hd95_pooled"] == pytest.approx(np.percentile(np.concatenate([d_pr, d_rp]), 95), abs=1e-4)
     # SimpleITK's own Hausdorff filter on the same surfaces, with the same spacing.
     images = []
     for s in (sp, sr):
@@ -87,7 +89,8 @@ def test_empty_mask_rules():
     one = label_metrics(empty, full, (1, 1, 1))
     assert one["dice"] == 0.0 and math.isnan(one["hd95"]) and one["distances_missing"]
     other = label_metrics(full, empty, (1, 1, 1))
-    assert other["iou"] == 0.0 and math.isnan(other["assd"])
+    assert other["iou"] == 0.0 and math.isnan(other["assd"]) and math.isnan(other["asd"])
+    assert both["asd"] == both["hd95_pooled"] == 0.0
     stats = summarize([0.5, float("nan"), 1.5])
     assert stats["mean"] == 1.0 and stats["missing"] == 1 and stats["n"] == 2
     assert summarize([float("nan")])["mean"] is None
@@ -122,3 +125,25 @@ def test_confusion_matrix_refuses_labels_out_of_range():
         confusion_matrix(np.array([0, 1]), np.array([0.5, 1]), 3)
     with pytest.raises(ValueError, match="shape"):
         confusion_matrix(np.zeros(2), np.zeros(3), 3)
+
+
+@pytest.mark.parametrize("spacing", [(0.625, 0.625, 0.625), (2.5, 0.7, 1.3)])
+def test_the_one_way_asd_and_pooled_hd95_are_medpys(spacing, rng):
+    """ASD and pooled HD95 as medpy's ``asd`` / ``hd95`` compute them (its surface: the mask
+    minus its 6-connected erosion; its distances: scipy's Euclidean distance transform), on
+    random blobs: the left-atrium literature's metrics."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    shape = (16, 18, 17)
+    p = _ball(shape, (8, 9, 8), 5.0) | (rng.random(shape) > 0.97)
+    r = _ball(shape, (7.5, 8, 9), 5.5)
+
+    def medpy_distances(a, b):
+        cross = ndimage.generate_binary_structure(3, 1)
+        a_border = a ^ ndimage.binary_erosion(a, structure=cross, iterations=1)
+        b_border = b ^ ndimage.binary_erosion(b, structure=cross, iterations=1)
+        return ndimage.distance_transform_edt(~b_border, sampling=spacing)[a_border]
+
+    m = label_metrics(p, r, spacing)
+    forward, backward = medpy_distances(p, r), medpy_distances(r, p)
+    assert m["asd"] == pytest.approx(forward.mean(), rel=1e-5)
+    assert m["hd95_pooled"] == pytest.approx(np.percentile(np.hstack((forward, backward)), 95), rel=1e-5)

@@ -10,6 +10,10 @@ Definitions (``P`` prediction mask, ``R`` reference mask of one label):
 - Hausdorff (HD) = max(max_{p∈∂P} d(p, ∂R), max_{r∈∂R} d(r, ∂P)).
 - HD95 = max(95th percentile of d(∂P, ∂R), 95th percentile of d(∂R, ∂P)) (as MONAI).
 - ASSD = (Σ_{p∈∂P} d(p, ∂R) + Σ_{r∈∂R} d(r, ∂P)) / (|∂P| + |∂R|).
+- ASD = mean_{p∈∂P} d(p, ∂R): one way, from the prediction's surface to the reference's
+  (medpy's ``asd``, which the left-atrium literature reports).
+- HD95 pooled = 95th percentile of d(∂P, ∂R) and d(∂R, ∂P) together (medpy's ``hd95``; the
+  left-atrium literature's "95HD"), beside HD95 above, the larger of the two one-way percentiles.
 - Volumes in mm³: reference, prediction, and prediction − reference.
 
 Empty masks:
@@ -28,8 +32,9 @@ from typing import Dict, Iterable, List, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-METRICS = ("dice", "iou", "hd", "hd95", "assd", "volume_reference_mm3", "volume_prediction_mm3",
-           "volume_difference_mm3")
+METRICS = ("dice", "iou", "hd", "hd95", "assd", "asd", "hd95_pooled", "volume_reference_mm3",
+           "volume_prediction_mm3", "volume_difference_mm3")
+DISTANCES = ("hd", "hd95", "assd", "asd", "hd95_pooled")
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
@@ -69,16 +74,17 @@ def label_metrics(prediction: np.ndarray, reference: np.ndarray, spacing_zyx: Se
     out = {"volume_reference_mm3": nr * voxel, "volume_prediction_mm3": np_ * voxel,
            "volume_difference_mm3": (np_ - nr) * voxel, "distances_missing": False}
     if np_ == 0 and nr == 0:
-        out.update(dice=1.0, iou=1.0, hd=0.0, hd95=0.0, assd=0.0)
+        out.update(dice=1.0, iou=1.0, **{name: 0.0 for name in DISTANCES})
         return out
     out.update(dice=2.0 * inter / (np_ + nr), iou=inter / union)
     if np_ == 0 or nr == 0:
-        out.update(hd=math.nan, hd95=math.nan, assd=math.nan, distances_missing=True)
+        out.update(distances_missing=True, **{name: math.nan for name in DISTANCES})
         return out
     d_pr, d_rp = surface_distances(p, r, spacing_zyx)
     out.update(hd=float(max(d_pr.max(), d_rp.max())),
                hd95=float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95))),
-               assd=float((d_pr.sum() + d_rp.sum()) / (d_pr.size + d_rp.size)))
+               assd=float((d_pr.sum() + d_rp.sum()) / (d_pr.size + d_rp.size)),
+               asd=float(d_pr.mean()), hd95_pooled=float(np.percentile(np.concatenate([d_pr, d_rp]), 95)))
     return out
 
 

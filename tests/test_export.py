@@ -70,11 +70,11 @@ def test_one_copy_of_the_weights(tiny_run, tmp_path):
     from vnet_tf.model.vnet import VNetConfig, build_vnet
     run, _ = tiny_run
     config = json.loads((run / "config.json").read_text())
-    config["model"]["base_width"] = 8
+    config["train"]["model"]["base_width"] = 8
     workdir = tmp_path / "wide"
     workdir.mkdir()
     (workdir / "config.json").write_text(json.dumps(config))
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["train"]["model"].items()}
     model = build_vnet(VNetConfig(**fields))
     save_checkpoint(workdir / "best.npz", {"model": model.variables}, {"step": 0, "best_score": 0})
     version = export_run(workdir, tmp_path / "base")
@@ -370,11 +370,11 @@ def _untrained_twin(run, target, **model_changes):
     from vnet_tf.model.checkpoint import save_checkpoint
     from vnet_tf.model.vnet import VNetConfig, build_vnet
     config = json.loads((run / "config.json").read_text())
-    config["model"].update(model_changes)
+    config["train"]["model"].update(model_changes)
     config["train_cases"] = config["train_cases"][:1] + ["extra_case"]
     target.mkdir()
     (target / "config.json").write_text(json.dumps(config))
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["train"]["model"].items()}
     model = build_vnet(VNetConfig(**fields))
     save_checkpoint(target / "best.npz", {"model": model.variables}, {"step": 0, "best_score": 0})
     return target

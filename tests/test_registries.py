@@ -46,7 +46,7 @@ def test_a_registered_loss_and_network_are_flag_choices_that_train_and_rebuild(t
     done = run_train(run, tmp_path / "cache", "--loss=squared_error", "--architecture=one_conv", "--steps=3")
     assert done.returncode == 0, done.stderr[-3000:]
     config = json.loads((run / "config.json").read_text())
-    assert config["train"]["loss"] == "squared_error" and config["model"]["architecture"] == "one_conv"
+    assert config["train"]["loss"] == "squared_error" and config["train"]["model"]["architecture"] == "one_conv"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and 0 < summary["final_loss"] < 1  # a squared error of probabilities
     from vnet_tf.inference.run_folder import restore_model

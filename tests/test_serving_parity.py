@@ -42,8 +42,8 @@ def _workdir(source, target, preprocess, inference, patch, channels=None, weight
     config["train"]["patch_size_zyx"] = list(patch)
     target.mkdir()
     if channels is not None:
-        config["model"]["input_channels"] = config["input_channels"] = channels
-        model = build_vnet(run_model_config(config))
+        config["train"]["model"]["input_channels"] = channels
+        model = build_vnet(run_model_config({"model": config["train"]["model"]}))
         save_checkpoint(target / "best.npz", {"model": model.variables}, {"step": 0, "best_score": 0})
     else:
         shutil.copy(source / "best.npz", target / "best.npz")

@@ -94,8 +94,9 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
 
 
 def test_run_written_before_a_setting_existed_resumes_with_its_default(tiny_run, tmp_path):
-    """A copy of the shared 40-step run whose config.json lacks settings added later resumes
-    with their defaults; a setting given now that differs from the run's is refused."""
+    """A copy of the shared 40-step run whose config.json is in the earlier layout and lacks
+    settings added later resumes with their defaults and is read for evaluation; a setting given
+    now that differs from the run's is refused."""
     run, done = tiny_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -103,9 +104,16 @@ def test_run_written_before_a_setting_existed_resumes_with_its_default(tiny_run,
     written = json.loads(config_file.read_text())
     for key in ("dice_squared", "batch_dice", "deep_supervision"):  # added in a later version
         del written["train"][key]
-    del written["train"]["model"]["architecture"], written["model"]["architecture"]  # likewise, nested
-    written["train"]["inference"]["patch_size_zyx"] = [32, 32, 32]  # a stale copy, as earlier versions wrote
+    # The earlier layout: the resolved model beside the settings, placeholders in them, and a
+    # stale copy of the patch size in the inference settings.
+    model = written["train"]["model"]
+    written.update(model=dict(model), num_classes=model["num_classes"], input_channels=model["input_channels"])
+    written["train"]["model"] = {**model, "num_classes": 2, "architecture": None}
+    del written["train"]["model"]["architecture"], written["model"]["architecture"]  # added later, nested
+    written["train"]["inference"]["patch_size_zyx"] = [32, 32, 32]
     config_file.write_text(json.dumps(written))
+    from vnet_tf.inference.run_folder import read_run, run_model_config
+    assert run_model_config(read_run(copy)) == run_model_config(read_run(run))  # what evaluate.py builds
     argv = [a for a in done.args[1:] if not a.startswith(("--workdir=", "--steps="))] + [f"--workdir={copy}"]
     resumed = run_command("train", *argv, "--steps=41")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -159,7 +167,7 @@ def test_mixed_precision_losses_are_finite(tmp_path, policy):
     # The model runs under the resolved policy; auto follows this machine's CPU.
     resolved = json.loads((tmp_path / "run" / "config.json").read_text())
     expected = "none" if policy == "auto" else resolve_mixed_precision(policy)
-    assert resolved["model"]["dtype_policy"] == (None if expected == "none" else expected)
+    assert resolved["train"]["model"]["dtype_policy"] == (None if expected == "none" else expected)
     assert resolved["train"]["mixed_precision"] == policy
     # evaluate.py scores the weights in float32, as export.py serves them (every variable restored).
     from vnet_tf.inference.run_folder import restore_model

@@ -62,16 +62,21 @@ def save_best(workdir: PathLike, model_variables, step: int, score: float) -> No
 
 
 def read_run(workdir: PathLike) -> dict:
-    """The run's ``config.json`` as a dict; ``FileNotFoundError`` / ``ValueError`` naming it."""
+    """The run's ``config.json`` as a dict, with ``model``, ``num_classes`` and ``input_channels``
+    (the model as the run resolved it against its data; runs before this layout wrote them
+    beside ``train``); ``FileNotFoundError`` / ``ValueError`` naming it."""
     path = pathlib.Path(workdir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{workdir}: no {CONFIG}; is it a training workdir?")
     try:
         run = json.loads(path.read_text())
-        run["model"], run["train"], run["num_classes"]  # pylint: disable=pointless-statement
+        model = run["train"]["model"]
+        if "model" not in run:  # each setting once: the model as the run resolved it, in its settings
+            run.update(model=model, num_classes=model["num_classes"], input_channels=model["input_channels"])
+        run["model"], run["num_classes"], run["input_channels"]  # pylint: disable=pointless-statement
     except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: expected a training run's settings (JSON with model, train and "
-                        f"num_classes); found {type(err).__name__}: {err}") from err
+        raise UserError(f"{path}: expected a training run's settings (JSON with train, and its model); "
+                        f"found {type(err).__name__}: {err}") from err
     return run
 
 

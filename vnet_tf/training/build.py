@@ -82,9 +82,10 @@ def build_parts(config: TrainConfig, train_paths, val_paths, num_classes: int, l
     precision = training_precision(config, log)
     model_config = dataclasses.replace(config.model, input_channels=store.channels, num_classes=num_classes,
                                        dtype_policy=mixed_policy(precision))
-    resolved = {"train": config.to_dict(), "num_classes": num_classes, "input_channels": store.channels,
-                "model": dataclasses.asdict(model_config), "train_cases": [p.stem for p in train_paths],
-                "validation_cases": [p.stem for p in val_paths]}
+    # Each setting once, with the value the run used: the model's channels, classes and
+    # precision as read from the data and resolved, in place of their placeholders.
+    resolved = {"train": {**config.to_dict(), "model": dataclasses.asdict(model_config)},
+                "train_cases": [p.stem for p in train_paths], "validation_cases": [p.stem for p in val_paths]}
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:

@@ -126,6 +126,11 @@ def _finished_summary(workdir: pathlib.Path, config: TrainConfig, meta: Optional
     return {**summary, "already_finished": True}
 
 
+# Model fields a run resolves against its data and its precision, and recompute (memory, not
+# results): not compared when a run resumes.
+MODEL_RESOLVED = ("input_channels", "num_classes", "dtype_policy", "recompute")
+
+
 def _check_same_run(config_file: pathlib.Path, settings: dict) -> None:
     """A workdir holds one run: resuming with other settings (apart from ``steps``,
     ``time_budget_minutes``, the workdir and cache folders, which may move, and
@@ -146,8 +151,8 @@ def _check_same_run(config_file: pathlib.Path, settings: dict) -> None:
     for d in (old, new):  # the run's length, where its files live and its memory use may change
         for key in ("steps", "time_budget_minutes", "workdir", "cache_dir"):
             d.pop(key, None)
-        if isinstance(d.get("model"), dict):
-            d["model"] = {k: v for k, v in d["model"].items() if k != "recompute"}
+        if isinstance(d.get("model"), dict):  # (and what the data and the precision resolve)
+            d["model"] = {k: v for k, v in d["model"].items() if k not in MODEL_RESOLVED}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         raise UserError(f"{config_file.parent} holds a run with other settings ({', '.join(changed)} differ); "

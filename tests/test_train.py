@@ -188,7 +188,7 @@ cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, {str(REPO / 'tests')!r})
 import numpy as np, pathlib
-from test_train import _tiny_config
+from helpers import tiny_train_config
 from vnet_tf.training.loop import train
 result = {{}}
 def check(model, strategy):

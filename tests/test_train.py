@@ -27,7 +27,9 @@ def test_run_writes_every_workdir_item(tiny_run):
     flags_text = (run / "flags.txt").read_text()
     assert "--steps=40" in flags_text and "--patch_size=16,16,16" in flags_text  # later flags win
     config = json.loads((run / "config.json").read_text())
-    assert config["num_classes"] == 3 and config["validation_cases"] and config["train_cases"]
+    assert config["train"]["model"]["num_classes"] == 3 and config["validation_cases"] and config["train_cases"]
+    # Each setting once: no resolved model beside the settings, one patch size.
+    assert "model" not in config and "patch_size_zyx" not in config["train"]["inference"]
     assert not set(config["validation_cases"]) & set(config["train_cases"])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 40 and len(summary["validation_dice_per_class"]) == 3

@@ -157,3 +157,12 @@ def test_every_shipped_flagfile_gives_a_valid_run_and_its_network(flagfile, monk
     assert network.model.output_shape[-1] == 3
     assert config.inference.patch_size_zyx == config.patch_size_zyx
     keras.backend.clear_session()
+
+
+def test_library_messages_name_the_flags(command):
+    from vnet_tf.commands.setting_flags import flag_words
+    message = ("patch_size_zyx (30, 32, 32) must be multiples of 4 (2**(depth-1)); dtype_policy must name a "
+               "policy; lowres_zoom must lie in (0, 1]; preprocess.target_spacing_zyx; normalization")
+    assert flag_words(message, command.SETTINGS) == (
+        "--patch_size (30, 32, 32) must be multiples of 4 (2**(depth-1)); dtype_policy must name a policy; "
+        "--aug_lowres_zoom must lie in (0, 1]; --target_spacing; normalization")  # two settings are 'normalization'

@@ -58,7 +58,7 @@ def config_from_flags(cls: type, rows: Sequence[Setting], **fixed) -> Any:
 
 def flag_words(message: str, rows: Sequence[Setting]) -> str:
     """A library message about settings, each setting named by its dotted path (or by its field
-    name, where no other setting has that name) written as its flag:
+    name, where no other setting has that name and it has an underscore) written as its flag:
     ``patch_size_zyx (30, 32, 32) must be ...`` -> ``--patch_size (30, 32, 32) must be ...``."""
     leaf_count: Dict[str, int] = {}
     for row in rows:
@@ -68,6 +68,7 @@ def flag_words(message: str, rows: Sequence[Setting]) -> str:
         if row.flag is None:
             continue
         leaf = row.path.rsplit(".", 1)[-1]
-        for name in {row.path, *([leaf] if leaf_count[leaf] == 1 else [])}:
+        # A field name alone only where it cannot be an ordinary word ("depth", "name"): one with "_".
+        for name in {row.path, *([leaf] if leaf_count[leaf] == 1 and "_" in leaf else [])}:
             message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.])", f"--{row.flag.name}", message)
     return message

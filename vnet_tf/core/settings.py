@@ -93,7 +93,7 @@ def settings(cls: type, defaults: Any = None, prefix: str = "", stage: str = "",
     hints = typing.get_type_hints(cls)
     rows: List[Setting] = []
     for field in dataclasses.fields(cls):
-        if field.name.isupper() or not field.init:
+        if not field.init:
             continue
         default = getattr(defaults, field.name) if defaults is not None else field.default
         nested = field.metadata.get("group")

@@ -114,28 +114,22 @@ def settings(cls: type, defaults: Any = None, prefix: str = "", stage: str = "",
     return rows
 
 
-def _tuple_args(kind) -> Optional[Tuple[Any, bool]]:
-    """``(element type, optional)`` for a ``Tuple[...]`` or ``Optional[Tuple[...]]`` type."""
+def _tuple_args(kind) -> Optional[Tuple[Any, Optional[int], bool]]:
+    """``(element type, count or None for any, optional)`` for a ``Tuple[...]`` or
+    ``Optional[Tuple[...]]`` type; ``None`` for any other type."""
     optional = False
     if typing.get_origin(kind) is Union:
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        optional, kind = True, args[0]
+        optional, kind = True, next(a for a in typing.get_args(kind) if a is not type(None))
     if typing.get_origin(kind) is not tuple:
         return None
-    return typing.get_args(kind)[0], optional
-
-
-def _count(kind) -> Optional[int]:
-    if typing.get_origin(kind) is Union:
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
     args = typing.get_args(kind)
-    return None if len(args) == 2 and args[1] is Ellipsis else len(args)
+    return args[0], (None if len(args) == 2 and args[1] is Ellipsis else len(args)), optional
 
 
 def parse_text(setting: Setting, values: List[str]) -> Any:
     """A list flag's values (strings) as the field's tuple; an empty list is ``None`` for an
     optional field. Raises ``ValueError`` saying what was expected."""
-    element, optional = _tuple_args(setting.kind)
+    element, count, optional = _tuple_args(setting.kind)
     if optional and not values:
         return None
     cast = int if element is bool else element
@@ -143,7 +137,6 @@ def parse_text(setting: Setting, values: List[str]) -> Any:
         parsed = tuple(cast(v) for v in values)
     except ValueError as err:
         raise ValueError(f"expected {cast.__name__} values, got {','.join(values)}") from err
-    count = _count(setting.kind)
     if count is not None and len(parsed) != count:
         raise ValueError(f"expected {count} values, got {len(parsed)} ({','.join(values)})")
     if setting.flag is not None and setting.flag.positive and any(v <= 0 for v in parsed):

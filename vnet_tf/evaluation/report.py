@@ -135,9 +135,9 @@ def set_aside_report(out: pathlib.Path) -> List[str]:
 
 
 def _score_cases(cases, out: pathlib.Path, labels, segment, preprocess, inference, predictions_dir, settings,
-                 figures, progress) -> dict:
+                 figure_names, progress) -> dict:
     """:func:`evaluate_cases` with the output folder locked and cleared of an earlier report;
-    ``figures``: the class names for them, or ``None`` for no figures."""
+    ``figure_names``: the class names the figures use, or ``None`` for no figures."""
     records, failed, timings = [], [], []
     started = time.perf_counter()
     rows = _RowWriter(out / PARTIAL_CSV)
@@ -168,8 +168,9 @@ def _score_cases(cases, out: pathlib.Path, labels, segment, preprocess, inferenc
             scores = case_metrics(label, reference, spacing_zyx, labels)
             records.append({"case_id": case.case_id, "labels": {str(k): v for k, v in scores.items()}})
             rows.write(records[-1])
-            if figures is not None:
-                _case_figure(out / "figures" / f"{case.case_id}.png", reference, label, case, labels, scan, figures)
+            if figure_names is not None:
+                _case_figure(out / "figures" / f"{case.case_id}.png", reference, label, case, labels, scan,
+                             figure_names)
             text = " ".join(f"dice{k}={v['dice']:.3f}" for k, v in scores.items())
         except Exception as err:  # reported, skipped, counted: one case never costs the others' results
             failed.append({"case_id": case.case_id, "error": describe(err) or f"{type(err).__name__}: {err}"})
@@ -181,8 +182,8 @@ def _score_cases(cases, out: pathlib.Path, labels, segment, preprocess, inferenc
     rows.close()
     os.replace(out / PARTIAL_CSV, out / "metrics.csv")
     atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2))
-    if figures is not None and records:
-        metric_plot(out / "figures" / "dice_hd95.png", records, labels, figures)
+    if figure_names is not None and records:
+        metric_plot(out / "figures" / "dice_hd95.png", records, labels, figure_names)
     return summary
 
 

@@ -46,7 +46,8 @@ class PreprocessConfig:
         None, name="target_spacing", positive=True, help="resample to this spacing in mm, z,y,x; empty = keep")
     image_interpolation: str = no_flag("linear", "linear: the inference graph resamples linearly only (another "
                                        "is refused)")
-    label_interpolation: str = no_flag("nearest", "nearest, as the inference graph maps labels back")
+    label_interpolation: str = no_flag("nearest", "nearest: each voxel of the network's grid keeps a label the "
+                                       "annotator drew")
     normalization: str = flag("zscore", name="intensity_normalization", choices=NORMALIZATIONS,
                               help="per-case intensity normalisation; ct: the dataset's --ct_statistics")
     clip_percentiles: Optional[Tuple[float, float]] = flag(

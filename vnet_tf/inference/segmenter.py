@@ -4,9 +4,9 @@
 returns its label map on the same grid. Inside, in this order: reorientation to the run's
 orientation, resampling to the run's spacing, the intensity normalisation of training, the
 centre crop where the run used one, the Gaussian-blended sliding window with test-time
-mirroring (the mean over an ensemble's models when the model is one), the argmax, and the
-way back to the scan's grid. The same functions serve ``evaluate.py`` (called from a
-workdir, or loaded from an export), training-time validation (:meth:`Segmenter.sliding_window`
+mirroring (the mean over an ensemble's models when the model is one), the way back to the
+scan's grid (the probabilities, linearly, where the run resampled) and the argmax. The same
+functions serve ``evaluate.py`` (called from a workdir, or loaded from an export), training-time validation (:meth:`Segmenter.sliding_window`
 on cached, preprocessed cases) and the exported SavedModel (:mod:`vnet_tf.inference.signatures`), so what
 is served is what was evaluated.
 
@@ -85,17 +85,19 @@ class Segmenter(tf.Module):
         in the caller's graph: what the serving signatures trace, per scan of a batch."""
         image, grid, size, perm, flips, spacing_o, start = self.graph_preprocessing.preprocess_volume(
             volume, spacing, direction)
-        labels, probabilities = self.window.blend(image, with_probabilities)
+        target = self.preprocess.target_spacing_zyx
+        # On another grid than the scan's, the labels are the argmax of the probabilities
+        # resampled (linearly) onto the scan's grid, not the network grid's labels resampled:
+        # the boundary falls between the network's voxels, where the classes' probabilities cross.
+        labels, probabilities = self.window.blend(image, with_probabilities or target is not None)
         if start is not None:  # outside the crop is background
             labels = volume_ops.place_window(labels, -start, grid)
-            if with_probabilities:
+            if probabilities is not None:
                 background = tf.one_hot(0, self.num_classes)
                 probabilities = volume_ops.place_window(probabilities - background, -start, grid) + background
-        target = self.preprocess.target_spacing_zyx
         if target is not None:
-            labels = volume_ops.resample(labels, target, spacing_o, size, nearest=True)
-            if with_probabilities:
-                probabilities = volume_ops.resample(probabilities, target, spacing_o, size)
+            probabilities = volume_ops.resample(probabilities, target, spacing_o, size)
+            labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         out = {"labels": tf.cast(volume_ops.unorient(labels, perm, flips), tf.int32)}
         if with_probabilities:
             out["probabilities"] = volume_ops.unorient(probabilities, perm, flips)

@@ -71,11 +71,11 @@ def grid_of(extent):
     return tf.cast(tf.minimum(extent, float(2 ** 31 - 1)), tf.int32)
 
 
-def resample(volume, from_spacing, to_spacing, new_size, nearest: bool = False):
+def resample(volume, from_spacing, to_spacing, new_size):
     """Resamples ``volume (D, H, W, ...)`` from ``from_spacing`` to ``to_spacing`` (``[3]``
     each, mm) onto ``new_size`` with the origin kept, as ``SimpleITK.Resample`` does: output
     voxel ``i`` samples input index ``i * to / from`` per axis, trilinearly (separably, one axis
-    at a time) or at the nearest voxel; positions past the last voxel's outer half are outside the
+    at a time); positions past the last voxel's outer half are outside the
     scan and get 0 (past ``size - 0.5``; at exactly ``size - 0.5`` SimpleITK's rounding decides, here
     inside), and those within half a voxel of the last voxel take its value. An axis whose
     spacing and size do not change is passed through (the same values, no pass over them)."""
@@ -83,11 +83,11 @@ def resample(volume, from_spacing, to_spacing, new_size, nearest: bool = False):
         same = tf.equal(tf.cast(to_spacing[axis], tf.float64), tf.cast(from_spacing[axis], tf.float64)) & tf.equal(
             tf.shape(volume)[axis], new_size[axis])
         volume = tf.cond(same, lambda v=volume: v,
-                         lambda v=volume, a=axis: _resample_axis(v, a, from_spacing[a], to_spacing[a], new_size[a], nearest))
+                         lambda v=volume, a=axis: _resample_axis(v, a, from_spacing[a], to_spacing[a], new_size[a]))
     return volume
 
 
-def _resample_axis(volume, axis: int, from_spacing, to_spacing, new_size, nearest: bool):
+def _resample_axis(volume, axis: int, from_spacing, to_spacing, new_size):
     length = tf.shape(volume)[axis]
     position = (tf.cast(tf.range(new_size), tf.float64) * tf.cast(to_spacing, tf.float64)
                 / tf.cast(from_spacing, tf.float64))
@@ -98,9 +98,6 @@ def _resample_axis(volume, axis: int, from_spacing, to_spacing, new_size, neares
     def along_axis(weights):
         return tf.reshape(tf.cast(weights, volume.dtype), shape)
 
-    if nearest:
-        index = tf.minimum(tf.cast(tf.floor(position + 0.5), tf.int32), length - 1)
-        return tf.gather(volume, index, axis=axis) * along_axis(inside)
     low = tf.cast(tf.floor(position), tf.int32)
     high = tf.minimum(low + 1, length - 1)
     frac = position - tf.floor(position)

@@ -58,7 +58,7 @@ def _known_flags(target, command_flags):
     source = (REPO / target).read_text(encoding="utf-8")
     names = set(re.findall(r"[\"']--([a-z][a-z0-9_]*)", source))
     names |= set(re.findall(r"DEFINE_\w+\(\s*[\"']([a-z][a-z0-9_]*)", source))
-    if target == "bench/bench_hippocampus.py":  # passes every other flag on to train.py
+    if target == "bench/bench_fold.py":  # passes every other flag on to train.py
         names |= {row["name"] for row in command_flags["train.py"]} | ABSL_BUILTINS
     return names
 

@@ -1,4 +1,4 @@
-"""bench/bench_hippocampus.py's command line: which config, workdir and fold a run uses.
+"""bench/bench_fold.py's command line: which config, workdir and fold a run uses.
 
 The whole recipe takes ~2 hours, so only the planning is tested here; tests/test_recipe.py
 runs a short train -> evaluate on real cases.
@@ -10,7 +10,7 @@ from conftest import load_bench
 
 
 def _bench():
-    return load_bench("bench_hippocampus")
+    return load_bench("bench_fold")
 
 
 def test_defaults_come_from_the_config():

@@ -14,7 +14,7 @@ from conftest import REPO, run_command, train_config
 from helpers import spacing_geometry, write_msd
 from vnet_tf.data.cases import find_cases
 from vnet_tf.data.fingerprint import fingerprint_dataset
-from vnet_tf.training import plan
+from vnet_tf.training import plan, time_plan
 
 
 def _write(path, array, spacing_zyx):
@@ -183,3 +183,134 @@ def test_an_unlabelled_or_unreadable_case_is_named(tmp_path, rng):
     unreadable = run_command("plan", root, f"--output={tmp_path / 'x.flags'}")
     assert unreadable.returncode == 2 and "case_001.nii.gz" in unreadable.stderr
     assert "Traceback" not in unreadable.stderr and not (tmp_path / "x.flags").exists()
+
+
+# The time plan: its rule on synthetic data, with step times that follow the multiply-adds
+# (time_plan's own prediction) or not, and the labels' grid cost given.
+
+def _time_plan(root, minutes, seconds_of, grid_dice, memory_gb=8.0):
+    fp = fingerprint_dataset(find_cases(root))
+    measured = []
+
+    def seconds(values):
+        measured.append(values)
+        return seconds_of(values)
+    timing = plan.Timing(minutes, seconds, grid_dice)
+    return fp, plan.plan_run(fp, str(root), "msd", memory_gb, timing=timing), measured
+
+
+def _work(values):
+    """Seconds a step in proportion to the network's multiply-adds (1e-9 s each)."""
+    patch, depth, width = values["patch_size_zyx"], values["model.depth"], values["model.base_width"]
+    return 1e-9 * plan.multiply_adds(patch, depth, 1, 2, base_width=width)
+
+
+def _candidates_by_hand(fp, grid_costs):
+    """Every (grid, width) in the rule's order of preference, with its patch, depth and steps a minute."""
+    base = np.median(fp.spacings, axis=0)
+    out = []
+    for factor, dice in grid_costs:
+        if factor > 1 and dice < 1 - time_plan.GRID_COST:
+            break
+        spacing = base * factor
+        shape = np.median(np.maximum(np.round(fp.sizes * fp.spacings / spacing), 1), axis=0)
+        for width in time_plan.WIDTHS:
+            patch, depth, _, _ = plan.patch_and_depth(shape, spacing, 1, 2, 8.0, width)
+            seconds = _work({"patch_size_zyx": patch, "model.depth": depth, "model.base_width": width})
+            out.append((factor, width, patch, depth, 60 * (1 - time_plan.VALIDATION_SHARE) / seconds))
+    return out
+
+
+# Steps a minute of each candidate under _work, in the rule's order (_candidates_by_hand):
+# grid 1: 3, 6, 13; 1.25: 7, 12, 27; 1.5: 16, 28, 62; 2: 31, 56, 125 (widths 16, 12, 8).
+@pytest.mark.parametrize("minutes", [30, 60, 150, 300, 600, 3000])
+def test_the_time_plan_takes_the_finest_grid_and_widest_network_that_get_the_steps(tmp_path, rng, minutes):
+    root = _msd(tmp_path / "mri", [(*_blob_case(rng, s, (100, 20), (300, 30)), (1.0, 1.0, 1.0))
+                                   for s in _SIZES], "MRI")
+    fp, planned, measured = _time_plan(root, minutes, _work, _grid_dice)
+    by_hand = _candidates_by_hand(fp, sorted(_COSTS.items()))
+    assert {c[0] for c in by_hand} == {1.0, 1.25, 1.5, 2.0}  # 2.5 mm keeps less than 0.99
+    reaching = [c for c in by_hand if int(c[4] * minutes) >= time_plan.STEPS_NEEDED]
+    factor, width, patch, depth, per_minute = reaching[0] if reaching else max(by_hand, key=lambda c: c[4])
+    got = planned.flags
+    assert got["patch_size"] == ",".join(map(str, patch)) and got["depth"] == str(depth)
+    assert got["base_width"] == str(width)
+    assert got.get("target_spacing") == (None if factor == 1.0 else ",".join(format(factor, "g") for _ in range(3)))
+    steps = int(per_minute * minutes)
+    assert got["time_budget_minutes"] == format(minutes, "g") and int(got["steps"]) >= time_plan.STEP_CAP * steps
+    assert int(got["validation_every"]) <= steps // time_plan.VALIDATIONS
+    # Measured: the cheapest of each width, then (the prediction being exact here) the chosen one alone.
+    assert len(measured) <= len(time_plan.WIDTHS) + 1
+    assert ("no candidate reaches" in _reason(planned)) == (not reaching)
+
+
+_SIZES = [(40, 48, 44), (44, 52, 40), (42, 50, 46)]
+_COSTS = {1.0: 1.0, 1.25: 0.998, 1.5: 0.995, 2.0: 0.991, 2.5: 0.985}
+
+
+def _grid_dice(spacing):
+    return _COSTS.get(round(spacing[0], 4), 0.5)
+
+
+def _reason(planned):
+    return next(reason for reason, values in planned.groups if "model.base_width" in values)
+
+
+def test_the_time_plan_measures_rather_than_trusts_its_prediction(tmp_path, rng):
+    """Steps on the scans' grid twice as slow as the multiply-adds predict: its width-8 candidate,
+    predicted to reach the steps, is measured short and passed over for the next grid's."""
+    root = _msd(tmp_path / "mri", [(*_blob_case(rng, s, (100, 20), (300, 30)), (1.0, 1.0, 1.0))
+                                   for s in _SIZES], "MRI")
+
+    def seconds(values):
+        return _work(values) * (2.0 if values["preprocess.target_spacing_zyx"][0] == 1.0 else 1.0)
+    _, planned, measured = _time_plan(root, 600, seconds, _grid_dice)
+    timed = [(values["preprocess.target_spacing_zyx"][0], values["model.base_width"]) for values in measured]
+    assert (1.0, 8) in timed  # predicted 13 x 600 = 7800 steps; measured 3900
+    assert planned.flags["target_spacing"] == "1.25,1.25,1.25" and planned.flags["base_width"] == "12"
+    assert "the first candidate" in _reason(planned)
+
+
+def test_grid_dice_is_one_on_the_scan_grid_and_falls_as_the_grid_coarsens():
+    from vnet_tf.data.grid_cost import grid_dice
+    z, y, x = np.meshgrid(*[np.arange(n) for n in (40, 48, 44)], indexing="ij")
+    array = ((z - 20) ** 2 / 12 ** 2 + (y - 24) ** 2 / 15 ** 2 + (x - 22) ** 2 / 10 ** 2 <= 1).astype(np.uint8)
+    array[2:6, 2:6, 2:6] = 2  # a small second class: coarse grids lose it first
+    label = sitk.GetImageFromArray(array)
+    label.SetSpacing((0.8, 0.8, 0.8))
+    same = grid_dice(label, (0.8, 0.8, 0.8), 3)
+    scores = [grid_dice(label, (0.8 * f,) * 3, 3) for f in (1.5, 2.5, 4.0)]
+    assert same > 0.99 and same >= scores[0] > scores[1] > scores[2]
+    only_large = grid_dice(sitk.GetImageFromArray((array == 1).astype(np.uint8)), (2.0, 2.0, 2.0), 2)
+    assert grid_dice(sitk.GetImageFromArray(array), (2.0, 2.0, 2.0), 3) < only_large  # the mean over classes
+
+
+def test_the_command_measures_steps_and_writes_the_time_plan(tmp_path, rng):
+    """vnet-plan --time_budget_minutes on a tiny dataset: real step timings on this machine,
+    printed and written into the flagfile, which train.py accepts."""
+    cases = [(*_blob_case(rng, (16, 24, 24), (100, 20), (300, 30)), (1.0, 1.0, 1.0)) for _ in range(3)]
+    root = _msd(tmp_path / "mri", cases, "MRI")
+    out = tmp_path / "t.flags"
+    done = run_command("plan", root, f"--output={out}", "--time_budget_minutes=0.5")
+    assert done.returncode == 0, done.stderr[-3000:]
+    timed = [line for line in done.stdout.splitlines() if line.startswith("timing a training step")]
+    assert len(timed) >= len(time_plan.WIDTHS) and all(line.endswith(" s") for line in timed)
+    written = out.read_text(encoding="utf-8")
+    assert "s a step" in written and "--time_budget_minutes=0.5" in written
+    config = train_config(f"--flagfile={out}")
+    assert config.time_budget_minutes == 0.5 and config.model.base_width in time_plan.WIDTHS
+    assert config.steps >= time_plan.STEP_CAP and config.validation_every >= 1
+    bad = run_command("plan", root, f"--output={tmp_path / 'x.flags'}", "--time_budget_minutes=-1")
+    assert bad.returncode == 2 and "--time_budget_minutes" in bad.stderr and not (tmp_path / "x.flags").exists()
+
+
+def test_step_timing_runs_the_run_s_own_step(tmp_path):
+    """No data read (the dataset folder is never written); the run's step, deep supervision included."""
+    from vnet_tf.model.config import VNetConfig
+    from vnet_tf.training.config import TrainConfig
+    from vnet_tf.training.step_timing import seconds_per_step
+    config = TrainConfig(data_dir=str(tmp_path / "absent"), workdir=str(tmp_path / "run"), patch_size_zyx=(16, 16, 16),
+                         model=VNetConfig(base_width=4, depth=3, kernel_size=3, normalization="instance"),
+                         deep_supervision=1)
+    assert np.isfinite(seconds_per_step(config, channels=2, num_classes=3, steps=2))
+    assert not (tmp_path / "absent").exists() and not (tmp_path / "run").exists()

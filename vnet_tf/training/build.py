@@ -47,23 +47,6 @@ def prepare_data(config: TrainConfig, log: Callable[[str], None]):
     return train_paths, val_paths, report.num_classes
 
 
-@dataclasses.dataclass
-class Parts:
-    """What a run trains with: built once, inside the distribution strategy's scope."""
-    store: CaseStore
-    resolved: dict  # config.json: the settings as resolved against the data, and the case split
-    strategy: object
-    model: keras.Model  # the V-Net that is validated, saved and exported
-    train_model: keras.Model  # the V-Net, or the V-Net with deep-supervision heads (training only)
-    planned_steps: keras.Variable  # the schedule's length, revised by the time budget
-    optimizer: keras.optimizers.Optimizer
-    average: Optional[averaging.WeightAverage]
-    augmentation: Optional[aug_lib.Augmentation]
-    loss_fn: keras.losses.Loss
-    groups: dict  # the checkpoint's variable groups
-    num_classes: int
-
-
 def training_precision(config: TrainConfig, log: Callable[[str], None]) -> str:
     """The mixed-precision policy to train in; ``auto`` picks float32 under ``recompute``,
     which Keras cannot combine with mixed precision (see :meth:`VNetConfig.resolved`)."""
@@ -77,15 +60,52 @@ def training_precision(config: TrainConfig, log: Callable[[str], None]) -> str:
     return precision
 
 
+@dataclasses.dataclass
+class Training:
+    """What a training step runs with, built from the settings, the channel and class counts
+    alone (no data): :func:`build_parts` for a run, and the planner's step timing."""
+    strategy: object
+    model: keras.Model  # the V-Net that is validated, saved and exported
+    train_model: keras.Model  # the V-Net, or the V-Net with deep-supervision heads (training only)
+    planned_steps: keras.Variable  # the schedule's length, revised by the time budget
+    optimizer: keras.optimizers.Optimizer
+    average: Optional[averaging.WeightAverage]
+    augmentation: Optional[aug_lib.Augmentation]
+    loss_fn: keras.losses.Loss
+    groups: dict  # the checkpoint's variable groups
+    num_classes: int
+    model_config: object  # the VNetConfig as resolved (channels, classes, precision)
+
+
+@dataclasses.dataclass
+class Parts(Training):
+    """What a run trains with: :class:`Training` and its data."""
+    store: CaseStore
+    resolved: dict  # config.json: the settings as resolved against the data, and the case split
+
+
 def build_parts(config: TrainConfig, train_paths, val_paths, num_classes: int, log: Callable[[str], None]) -> Parts:
     store = CaseStore(train_paths)
-    precision = training_precision(config, log)
-    model_config = dataclasses.replace(config.model, input_channels=store.channels, num_classes=num_classes,
-                                       dtype_policy=mixed_policy(precision))
+    references = None
+    if config.augment.histogram_probability > 0:
+        references = aug_lib.quantile_table([store.case(i).image for i in range(len(store))],
+                                            num_landmarks=config.augment.histogram_landmarks)
+    parts = build_training(config, store.channels, num_classes, log, references)
     # Each setting once, with the value the run used: the model's channels, classes and
     # precision as read from the data and resolved, in place of their placeholders.
-    resolved = {"train": {**config.to_dict(), "model": dataclasses.asdict(model_config)},
+    resolved = {"train": {**config.to_dict(), "model": dataclasses.asdict(parts.model_config)},
                 "train_cases": [p.stem for p in train_paths], "validation_cases": [p.stem for p in val_paths]}
+    return Parts(**{f.name: getattr(parts, f.name) for f in dataclasses.fields(Training)}, store=store,
+                 resolved=resolved)
+
+
+def build_training(config: TrainConfig, channels: int, num_classes: int, log: Callable[[str], None],
+                   references=None) -> Training:
+    """The model, optimiser, augmentation and loss inside the strategy's scope; ``references``:
+    the histogram-matching targets (needed only where that augmentation is on)."""
+    precision = training_precision(config, log)
+    model_config = dataclasses.replace(config.model, input_channels=channels, num_classes=num_classes,
+                                       dtype_policy=mixed_policy(precision))
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -98,10 +118,6 @@ def build_parts(config: TrainConfig, train_paths, val_paths, num_classes: int, l
         optimizer = make_optimizer(config.optimizer, planned_steps, precision == "mixed_float16")
         optimizer.build(train_model.trainable_variables)
         average = averaging.WeightAverage(model.variables, config.weight_average) if config.weight_average else None
-        references = None
-        if config.augment.histogram_probability > 0:
-            references = aug_lib.quantile_table([store.case(i).image for i in range(len(store))],
-                                                num_landmarks=config.augment.histogram_landmarks)
         augmentation = aug_lib.build_augmentation(config.augment, num_classes, references, seed=config.seed)
     loss_fn = LOSSES.get(config.loss)(include_background=config.include_background, squared=config.dice_squared,
                                       batch=config.batch_dice, reduction="none")
@@ -112,5 +128,5 @@ def build_parts(config: TrainConfig, train_paths, val_paths, num_classes: int, l
         groups[averaging.UPDATES_GROUP] = [average.updates]
     if train_model is not model:
         groups["deep_supervision"] = ds_lib.head_variables(train_model, model)
-    return Parts(store, resolved, strategy, model, train_model, planned_steps, optimizer, average, augmentation,
-                  loss_fn, groups, num_classes)
+    return Training(strategy, model, train_model, planned_steps, optimizer, average, augmentation, loss_fn, groups,
+                    num_classes, model_config)

@@ -11,6 +11,9 @@ The rules, each with the reason it gives (:func:`plan_run`):
   patch's shortest axis; each axis is rounded up to a multiple of ``2**(depth-1)``. While the
   estimated training memory exceeds the budget, the axis with the largest extent in mm loses
   one multiple (and the depth is chosen again).
+- **With a time budget** (:class:`Timing`): the grid (the target spacing or coarser), the
+  network's width and the run's length are chosen from step times measured on the machine
+  (:mod:`vnet_tf.training.time_plan`: the rule); the patch and depth follow each grid as above.
 - **Batch**: 2, the fewest patches for which the foreground oversampling and the Dice over a
   batch behave as in the recipe; a larger patch is preferred to a larger batch.
 - **Normalisation**: CT (every channel named CT in the index): clip to the 0.5th-99.5th
@@ -33,13 +36,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.settings import format_value, settings
 from vnet_tf.data.fingerprint import Fingerprint, is_ct
+from vnet_tf.training import time_plan
 from vnet_tf.training.config import TrainConfig
 
 ANISOTROPY = 3.0
@@ -130,14 +134,35 @@ def _layer_probe(depth: int, channels: int, classes: int, base_width: int):
     return keras.Model(model.inputs, outputs)
 
 
+def _output_shapes(patch, depth: int, channels: int, classes: int, batch: int, base_width: int):
+    """``[(layer, output shape)]`` of the planned network for ``batch`` patches."""
+    import keras  # pylint: disable=import-outside-toplevel
+    probe = _layer_probe(depth, channels, classes, base_width)
+    specs = probe.compute_output_spec(keras.KerasTensor((batch, *map(int, patch), channels), dtype="float32"))
+    layers = [layer for layer in probe.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return [(layer, tuple(spec.shape)) for layer, spec in zip(layers, specs)]
+
+
 def training_memory_gb(patch, depth: int, channels: int, classes: int, batch: int = BATCH_SIZE,
                        base_width: int = RECIPE["model.base_width"]) -> float:
     """Estimated working memory of a training step (GiB): ``MEMORY_FACTOR`` x the float32
     bytes of every layer's output for ``batch`` patches of the planned network."""
+    shapes = _output_shapes(patch, depth, channels, classes, batch, base_width)
+    return MEMORY_FACTOR * 4 * sum(math.prod(shape) for _, shape in shapes) / 2**30
+
+
+def multiply_adds(patch, depth: int, channels: int, classes: int, batch: int = BATCH_SIZE,
+                  base_width: int = RECIPE["model.base_width"]) -> float:
+    """The convolutions' multiply-adds of a forward pass over ``batch`` patches: each output
+    voxel of a convolution costs its kernel's size; a transposed convolution's input voxel does."""
     import keras  # pylint: disable=import-outside-toplevel
-    probe = _layer_probe(depth, channels, classes, base_width)
-    specs = probe.compute_output_spec(keras.KerasTensor((batch, *map(int, patch), channels), dtype="float32"))
-    return MEMORY_FACTOR * 4 * sum(math.prod(s.shape) for s in specs) / 2**30
+    total = 0.0
+    for layer, shape in _output_shapes(patch, depth, channels, classes, batch, base_width):
+        if isinstance(layer, keras.layers.Conv3DTranspose):
+            total += math.prod(shape[:-1]) / math.prod(layer.strides) * math.prod(layer.kernel.shape)
+        elif isinstance(layer, keras.layers.Conv3D):
+            total += math.prod(shape[:-1]) * math.prod(layer.kernel.shape)
+    return total
 
 
 def depth_for(shortest: float) -> int:
@@ -146,7 +171,8 @@ def depth_for(shortest: float) -> int:
     return int(min(MAX_DEPTH, max(2, 1 + halvings)))
 
 
-def patch_and_depth(median_shape, spacing, channels: int, classes: int, memory_gb: float) -> Tuple[List[int], int, float, str]:
+def patch_and_depth(median_shape, spacing, channels: int, classes: int, memory_gb: float,
+                    base_width: int = RECIPE["model.base_width"]) -> Tuple[List[int], int, float, str]:
     """``(patch, depth, estimated GiB, reason)`` for the median case's shape at the target spacing."""
     patch = [float(s) for s in median_shape]
     shrunk = []
@@ -154,7 +180,7 @@ def patch_and_depth(median_shape, spacing, channels: int, classes: int, memory_g
         depth = depth_for(min(patch))
         step = 2 ** (depth - 1)
         rounded = [int(math.ceil(p / step) * step) for p in patch]
-        memory = training_memory_gb(rounded, depth, channels, classes)
+        memory = training_memory_gb(rounded, depth, channels, classes, base_width=base_width)
         if memory <= memory_gb:
             break
         axis = int(np.argmax(np.array(rounded) * np.asarray(spacing)))
@@ -172,24 +198,37 @@ def patch_and_depth(median_shape, spacing, channels: int, classes: int, memory_g
     return rounded, depth, memory, reason
 
 
+@dataclasses.dataclass
+class Timing:
+    """What the time-budget rule (:mod:`vnet_tf.training.time_plan`) measures on the machine:
+    ``seconds_per_step(settings)`` of a run's settings (``{dotted path: value}``) and
+    ``grid_dice(spacing)``, the labels' Dice kept on a grid (:mod:`vnet_tf.data.grid_cost`).
+    ``vnet-plan`` measures them; the tests pass their own."""
+    budget_minutes: float
+    seconds_per_step: Callable[[Dict[str, Any]], float]
+    grid_dice: Callable[[Tuple[float, ...]], float]
+
+
 def plan_run(fp: Fingerprint, data_dir: str, layout: str, memory_gb: float = 8.0,
-             workdir: Optional[str] = None) -> Plan:
-    """The flags of a training run for the dataset of ``fp``, each with its reason."""
+             workdir: Optional[str] = None, timing: Optional[Timing] = None) -> Plan:
+    """The flags of a training run for the dataset of ``fp``, each with its reason; with
+    ``timing``, the grid, patch, width and length fit its time budget on this machine."""
     plan = Plan()
     plan.set("the dataset", {"data_dir": data_dir, "layout": layout})
     plan.set("where the run writes", {"workdir": workdir or f"runs/{fp.name}", "cache_dir": ".cache"})
-    spacings, sizes = fp.spacings, fp.sizes
-    target, coarse, why = target_spacing(spacings)
-    if target is not None:
-        plan.set(why, {"preprocess.target_spacing_zyx": _rounded(target)})
-    else:
-        plan.set(why)
-    grid = spacings if target is None else target
-    resampled = np.maximum(np.round(sizes * spacings / grid), 1)
+    target, coarse, why = target_spacing(fp.spacings)
     classes = len(fp.class_voxels)
-    patch, depth, _, why = patch_and_depth(np.median(resampled, axis=0), np.median(spacings, 0) if target is None else target,
-                                           fp.channels, classes, memory_gb)
-    plan.set(why, {"patch_size_zyx": tuple(patch), "model.depth": depth, "model.convs_right": (1,) * (depth - 1)})
+    rotation, elastic, augment_why = _augmentation(coarse)
+    common = {"augment.rotation_degrees": rotation, "augment.elastic_axes": elastic, **RECIPE}
+    if timing is None:
+        plan.set(why, {"preprocess.target_spacing_zyx": _rounded(target)} if target is not None else None)
+        grid = fp.spacings if target is None else target
+        shape = np.median(np.maximum(np.round(fp.sizes * fp.spacings / grid), 1), axis=0)
+        patch, depth, _, why = patch_and_depth(shape, np.median(fp.spacings, 0) if target is None else target,
+                                               fp.channels, classes, memory_gb)
+        plan.set(why, {"patch_size_zyx": tuple(patch), "model.depth": depth, "model.convs_right": (1,) * (depth - 1)})
+    else:
+        _plan_for_time(plan, fp, target, why, classes, memory_gb, timing, common)
     plan.set(f"{BATCH_SIZE} patches a step: the fewest for which foreground oversampling and the batch's Dice behave "
              "as in the recipe; memory goes to a larger patch first", {"batch_size": BATCH_SIZE})
     _normalisation(plan, fp)
@@ -197,18 +236,60 @@ def plan_run(fp: Fingerprint, data_dir: str, layout: str, memory_gb: float = 8.0
     plan.set("every case has at most one connected component of each class: keep each class's largest" if single else
              "some cases have several components of a class: keep them all",
              {"inference.postprocess": "largest" if single else "none"})
-    rotation = (RECIPE_ROTATION,) * 3
-    elastic = (True, True, True)
-    if coarse >= 0:
-        rotation = tuple(RECIPE_ROTATION if a == coarse else 0.0 for a in range(3))
-        elastic = tuple(a != coarse for a in range(3))
-        why = (f"the recipe's, but anisotropic: rotation only about axis {'zyx'[coarse]} (in the thin-slice plane) and no "
-               f"elastic displacement along it")
-    else:
-        why = "the recipe's (configs/hippocampus.flags)"
-    plan.set(why, {"augment.rotation_degrees": rotation, "augment.elastic_axes": elastic})
-    plan.set("the recipe's training settings (configs/hippocampus.flags; docs/results/hippocampus.md: why each)", RECIPE)
+    plan.set(augment_why, {"augment.rotation_degrees": rotation, "augment.elastic_axes": elastic})
+    planned = {path for _, values in plan.groups for path in values}
+    recipe = {k: v for k, v in RECIPE.items() if k not in planned}
+    plan.set("the recipe's training settings (configs/hippocampus.flags; docs/results/hippocampus.md: why each)", recipe)
     return plan
+
+
+def _augmentation(coarse: int):
+    """``(rotation, elastic axes, reason)``: the recipe's, about the coarse axis only where there is one."""
+    if coarse < 0:
+        return (RECIPE_ROTATION,) * 3, (True, True, True), "the recipe's (configs/hippocampus.flags)"
+    return (tuple(RECIPE_ROTATION if a == coarse else 0.0 for a in range(3)), tuple(a != coarse for a in range(3)),
+            f"the recipe's, but anisotropic: rotation only about axis {'zyx'[coarse]} (in the thin-slice plane) and no "
+            f"elastic displacement along it")
+
+
+def _plan_for_time(plan: Plan, fp: Fingerprint, target, why: str, classes: int, memory_gb: float, timing: Timing,
+                   common: Dict[str, Any]) -> None:
+    """Sets the grid, patch, depth and width (:func:`vnet_tf.training.time_plan.choose`) and the
+    run's length."""
+    base = np.median(fp.spacings, axis=0) if target is None else np.asarray(target)
+    candidates = []
+    for spacing, dice in time_plan.admissible_grids(_rounded(base), timing.grid_dice):
+        shape = np.median(np.maximum(np.round(fp.sizes * fp.spacings / np.asarray(spacing)), 1), axis=0)
+        for width in time_plan.WIDTHS:
+            patch, depth, memory, _ = patch_and_depth(shape, spacing, fp.channels, classes, memory_gb, width)
+            candidates.append(time_plan.Candidate(
+                tuple(spacing), tuple(patch), depth, width,
+                multiply_adds(patch, depth, fp.channels, classes, base_width=width), memory, dice))
+
+    def settings_of(candidate):
+        return {**common, **_network(candidate), "preprocess.target_spacing_zyx": candidate.spacing,
+                "batch_size": BATCH_SIZE}
+
+    choice = time_plan.choose(candidates, timing.budget_minutes, lambda c: timing.seconds_per_step(settings_of(c)))
+    chosen = choice.chosen
+    grids = sorted({(c.spacing, c.grid_dice) for c in candidates})
+    kept = "; ".join(f"{_fmt(g)} mm keeps {d:.4f}" for g, d in grids)
+    if target is None and chosen.spacing == _rounded(base):
+        plan.set(f"{why}; the finest grid (the labels' Dice kept on each grid tried: {kept})")
+    else:
+        plan.set(f"{why}; the grid the time budget chose, of those that keep {1 - time_plan.GRID_COST:g} of the "
+                 f"labels' Dice ({kept})", {"preprocess.target_spacing_zyx": chosen.spacing})
+    plan.set(f"{choice.reason}; estimated training memory {chosen.memory_gb:.2f} GiB of a {memory_gb:g} GiB budget",
+             _network(chosen))
+    length = {"steps": time_plan.step_cap(choice.steps), "time_budget_minutes": float(timing.budget_minutes),
+              "validation_every": time_plan.validation_every(choice.steps)}
+    plan.set(f"the time budget ends the run (about {choice.steps} steps planned; --steps is {time_plan.STEP_CAP}x that, "
+             f"the most a faster day runs); about {time_plan.VALIDATIONS} validations", length)
+
+
+def _network(candidate) -> Dict[str, Any]:
+    return {"patch_size_zyx": tuple(candidate.patch), "model.depth": candidate.depth,
+            "model.convs_right": (1,) * (candidate.depth - 1), "model.base_width": candidate.width}
 
 
 def _normalisation(plan: Plan, fp: Fingerprint) -> None:

@@ -21,6 +21,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from vnet_tf.core.runtime import cpu_name  # noqa: E402  (workers set TF_ENABLE_ONEDNN_OPTS themselves)
 
 
 def worker(args) -> None:
@@ -81,17 +83,6 @@ def run_worker(width, onednn, args):
         raise RuntimeError(f"worker failed (width {width}, oneDNN {onednn}):\n{out.stderr[-3000:]}")
     line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def fmt(times):

@@ -18,6 +18,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
+LEFT_ATRIUM = SHARED_DATA / "LA2018"
 
 
 @pytest.fixture
@@ -30,6 +31,13 @@ def hippocampus_dir():
     if not (HIPPOCAMPUS / "dataset.json").is_file():
         pytest.skip(f"MSD hippocampus data not found at {HIPPOCAMPUS} (../shared/data beside the repo)")
     return HIPPOCAMPUS
+
+
+@pytest.fixture
+def left_atrium_dir():
+    if not (LEFT_ATRIUM / "dataset.json").is_file():
+        pytest.skip(f"LA2018 left-atrium data not found at {LEFT_ATRIUM} (../shared/data beside the repo)")
+    return LEFT_ATRIUM
 
 
 def load_bench(name):

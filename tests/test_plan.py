@@ -297,6 +297,7 @@ def test_the_command_measures_steps_and_writes_the_time_plan(tmp_path, rng):
     assert len(timed) >= len(time_plan.WIDTHS) and all(line.endswith(" s") for line in timed)
     written = out.read_text(encoding="utf-8")
     assert "s a step" in written and "--time_budget_minutes=0.5" in written
+    assert "# step times measured on " in written and " cores, with" in written
     config = train_config(f"--flagfile={out}")
     assert config.time_budget_minutes == 0.5 and config.model.base_width in time_plan.WIDTHS
     assert config.steps >= time_plan.STEP_CAP and config.validation_every >= 1
@@ -314,3 +315,30 @@ def test_step_timing_runs_the_run_s_own_step(tmp_path):
                          deep_supervision=1)
     assert np.isfinite(seconds_per_step(config, channels=2, num_classes=3, steps=2))
     assert not (tmp_path / "absent").exists() and not (tmp_path / "run").exists()
+
+
+def test_the_left_atrium_recipe_is_the_time_plan_it_records(left_atrium_dir):
+    """configs/la2018.flags is vnet-plan's 120-minute plan on the reference machine: the rule,
+    replayed on the data's fingerprint with the grid costs and step times the flagfile records,
+    gives its settings back (the recipe's own choices over the plan are listed in it)."""
+    import re
+    text = (REPO / "configs" / "la2018.flags").read_text(encoding="utf-8")
+    grid_dice = {tuple(float(v) for v in g.split(",")): float(d)
+                 for g, d in re.findall(r"([\d.]+,[\d.]+,[\d.]+) mm keeps ([\d.]+)", text)}
+    measured = dict(re.findall(r"(\S+ mm, patch \S+, depth \d, width \d+): ([\d.e-]+) s", text))
+
+    def seconds(values):
+        spacing = ",".join(format(s, ".4g") for s in values["preprocess.target_spacing_zyx"])
+        key = (f"{spacing} mm, patch {'x'.join(map(str, values['patch_size_zyx']))}, depth {values['model.depth']}, "
+               f"width {values['model.base_width']}")
+        assert key in measured, f"the plan times {key}, which the flagfile does not record"
+        return float(measured[key])
+
+    minutes = float(_flagfile(REPO / "configs" / "la2018.flags")["time_budget_minutes"])
+    fp = fingerprint_dataset(find_cases(left_atrium_dir))
+    planned = plan.plan_run(fp, "../shared/data/LA2018", "msd", timing=plan.Timing(minutes, seconds, grid_dice.__getitem__))
+    recipe = _flagfile(REPO / "configs" / "la2018.flags")
+    overridden = set(re.findall(r"^# over the plan: --(\w+)", text, flags=re.M))
+    assert {k: v for k, v in planned.flags.items() if k not in overridden | {"workdir"}} == \
+        {k: v for k, v in recipe.items() if k in planned.flags and k not in overridden | {"workdir"}}
+    assert set(recipe) - set(planned.flags) <= overridden

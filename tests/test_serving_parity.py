@@ -2,8 +2,8 @@
 shipped flagfiles (the first with a weight average, served as "final") and an ensemble of
 multi-channel runs, a tiny model is exported, and the SavedModel, loaded in a clean process
 that imports only TensorFlow, must give evaluate.py's labels voxel for voxel and its
-probabilities within 1e-5, on real hippocampus cases and on synthetic anisotropic,
-reoriented ones. A second test holds the graph's preprocessing to the training cache's
+probabilities within 1e-5, on real hippocampus cases (and a left-atrium case for the
+left-atrium recipe) and on synthetic anisotropic, reoriented ones. A second test holds the graph's preprocessing to the training cache's
 (SimpleITK) on real cases."""
 
 import dataclasses
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import HIPPOCAMPUS, REPO, flagfile_config
+from conftest import HIPPOCAMPUS, LEFT_ATRIUM, REPO, flagfile_config
 
 # Every shipped flagfile's settings: hippocampus_paper's and hippocampus_ds' are combinations of
 # these (the test checks it), so their exports would repeat what these show.
-FLAGFILES = ("demo", "hippocampus", "promise12_paper")
+FLAGFILES = ("demo", "hippocampus", "promise12_paper", "la2018")
 TOLERANCE = 1e-5
 
 
@@ -125,6 +125,8 @@ def test_the_saved_model_gives_evaluates_labels_and_probabilities(tiny_run, tmp_
     anisotropic = pre.__class__(target_spacing_zyx=(1.7, 0.9, 1.1), normalization="zscore_foreground")
     configs = {name: ([_workdir(run, tmp_path / name, *settings[name])], "best", single + real)
                for name in FLAGFILES[1:]}
+    if LEFT_ATRIUM.is_dir():  # the left-atrium recipe on a left-atrium scan (2.3 M voxels)
+        configs["la2018"][2].append(sorted((LEFT_ATRIUM / "imagesTr").glob("*.nii.gz"))[0])
     # The first flagfile's settings with a weight average: the export serves the average ("final").
     configs[FLAGFILES[0]] = ([_averaged_workdir(run, tmp_path / FLAGFILES[0], *settings[FLAGFILES[0]])], "final",
                              single + real)

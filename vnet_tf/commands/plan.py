@@ -20,6 +20,7 @@ from absl import flags
 from vnet_tf.commands import cli
 from vnet_tf.core.errors import UserError
 from vnet_tf.core.folders import atomic_write_text
+from vnet_tf.core.runtime import machine_description
 from vnet_tf.data.cases import FOLDER_LAYOUTS, find_cases
 from vnet_tf.data.fingerprint import fingerprint_dataset
 
@@ -36,10 +37,12 @@ GRID_CASES = 12  # labels the grid cost is measured on, spread over the dataset
 POSITIONAL = {"DATA_DIR": "the labelled dataset folder"}
 
 
-def flagfile_text(plan, fingerprint_lines, data_dir: str) -> str:
+def flagfile_text(plan, fingerprint_lines, data_dir: str, machine: str = "") -> str:
     """The flagfile: a header, then each group of flags under its reason as a comment."""
     day = datetime.date.today().isoformat()
     lines = [f"# Planned by vnet-plan from {data_dir} on {day}.", *[f"# {line}" for line in fingerprint_lines]]
+    if machine:
+        lines.append(f"# step times measured on {machine}")
     for reason, values in plan.flag_groups:
         lines += ["", f"# {reason}", *[f"--{k}={v}" for k, v in values.items()]]
     return "\n".join(lines) + "\n"
@@ -60,7 +63,8 @@ def main(argv) -> int:
     timing = _timing(dataset, fingerprint, FLAGS.time_budget_minutes) if FLAGS.time_budget_minutes else None
     plan = plan_run(fingerprint, data_dir, dataset.layout, FLAGS.memory_gb, FLAGS.workdir, timing)
     output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output, flagfile_text(plan, fingerprint.lines(), data_dir))
+    machine = machine_description() if timing is not None else ""
+    atomic_write_text(output, flagfile_text(plan, fingerprint.lines(), data_dir, machine))
     print("\n".join(fingerprint.lines()))
     print("\nplanned:")
     for reason, values in plan.flag_groups:

@@ -42,6 +42,26 @@ def onednn_enabled() -> bool:
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    import platform  # pylint: disable=import-outside-toplevel
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> str:
+    """The CPU, its core count and whether it has native bfloat16: what step times depend on."""
+    import os  # pylint: disable=import-outside-toplevel
+    bf16 = "with native bfloat16" if cpu_has_native_bf16() else "without native bfloat16"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {bf16}"
+
+
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); ``False`` where the
     flags cannot be read (not Linux)."""

@@ -5,9 +5,9 @@ a prediction back (the probabilities, trilinearly, then the argmax on the scan's
 Each class's indicator is smoothed by a Gaussian of ``SMOOTHING`` voxels of the coarse grid (a
 network's output varies smoothly at the scale of its grid; unsmoothed, a grid of exactly twice
 the spacing puts every other boundary voxel on a tie), sampled trilinearly on the grid, taken
-back trilinearly and the argmax taken (on left-atrium labels: BENCHMARKS.md, "What a coarser grid
-costs at best"). The planner (``vnet-plan --time_budget_minutes``) coarsens a grid only while it
-keeps ``1 - GRID_COST`` or more of the Dice.
+back trilinearly and the argmax taken (on left-atrium labels: docs/results/la2018.md, "What a
+coarser grid costs at best"). The planner (``vnet-plan --time_budget_minutes``) coarsens a grid
+only while it keeps ``1 - GRID_COST`` or more of the Dice.
 """
 
 from __future__ import annotations

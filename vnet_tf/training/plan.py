@@ -258,7 +258,8 @@ def _plan_for_time(plan: Plan, fp: Fingerprint, target, why: str, classes: int, 
     run's length."""
     base = np.median(fp.spacings, axis=0) if target is None else np.asarray(target)
     candidates = []
-    for spacing, dice in time_plan.admissible_grids(_rounded(base), timing.grid_dice):
+    grids = time_plan.grids_tried(_rounded(base), timing.grid_dice)
+    for spacing, dice in (grid for grid in grids if time_plan.admissible(grid[1])):
         shape = np.median(np.maximum(np.round(fp.sizes * fp.spacings / np.asarray(spacing)), 1), axis=0)
         for width in time_plan.WIDTHS:
             patch, depth, memory, _ = patch_and_depth(shape, spacing, fp.channels, classes, memory_gb, width)
@@ -272,12 +273,12 @@ def _plan_for_time(plan: Plan, fp: Fingerprint, target, why: str, classes: int, 
 
     choice = time_plan.choose(candidates, timing.budget_minutes, lambda c: timing.seconds_per_step(settings_of(c)))
     chosen = choice.chosen
-    grids = sorted({(c.spacing, c.grid_dice) for c in candidates})
     kept = "; ".join(f"{_fmt(g)} mm keeps {d:.4f}" for g, d in grids)
     if target is None and chosen.spacing == _rounded(base):
         plan.set(f"{why}; the finest grid (the labels' Dice kept on each grid tried: {kept})")
     else:
-        plan.set(f"{why}; the grid the time budget chose, of those that keep {1 - time_plan.GRID_COST:g} of the "
+        start = f"every case is at {_fmt(base)} mm" if target is None else why
+        plan.set(f"{start}; the grid the time budget chose, of those that keep {1 - time_plan.GRID_COST:g} of the "
                  f"labels' Dice ({kept})", {"preprocess.target_spacing_zyx": chosen.spacing})
     plan.set(f"{choice.reason}; estimated training memory {chosen.memory_gb:.2f} GiB of a {memory_gb:g} GiB budget",
              _network(chosen))

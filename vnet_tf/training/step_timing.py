@@ -20,7 +20,7 @@ from vnet_tf.training.config import TrainConfig
 from vnet_tf.training.step import make_step
 
 
-def seconds_per_step(config: TrainConfig, channels: int, num_classes: int, steps: int = 3,
+def seconds_per_step(config: TrainConfig, channels: int, num_classes: int, steps: int = 5,
                      log: Callable[[str], None] = lambda _: None) -> float:
     """The median seconds of ``steps`` training steps of ``config`` after a first, untimed one."""
     keras.backend.clear_session()

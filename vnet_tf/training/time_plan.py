@@ -62,17 +62,20 @@ class Candidate:
         return f"{grid} mm, patch {'x'.join(map(str, self.patch))}, depth {self.depth}, width {self.width}"
 
 
-def admissible_grids(base: Sequence[float], grid_dice: Callable[[Tuple[float, ...]], float]) -> List[Tuple[Tuple[float, ...], float]]:
+def grids_tried(base: Sequence[float], grid_dice: Callable[[Tuple[float, ...]], float]) -> List[Tuple[Tuple[float, ...], float]]:
     """``[(spacing, Dice kept)]``: ``base`` and each coarser grid (``GRID_FACTORS``) up to the
-    last that keeps ``1 - GRID_COST`` of the labels' Dice."""
+    first that keeps less than ``1 - GRID_COST`` of the labels' Dice (included, last)."""
     grids = [(tuple(float(s) for s in base), 1.0)]
     for factor in GRID_FACTORS[1:]:
         spacing = tuple(float(format(s * factor, ".4g")) for s in base)
-        dice = grid_dice(spacing)
-        if dice < 1.0 - GRID_COST:
+        grids.append((spacing, grid_dice(spacing)))
+        if grids[-1][1] < 1.0 - GRID_COST:
             break
-        grids.append((spacing, dice))
     return grids
+
+
+def admissible(dice: float) -> bool:
+    return dice >= 1.0 - GRID_COST
 
 
 @dataclasses.dataclass
@@ -112,15 +115,15 @@ def choose(candidates: Sequence[Candidate], budget_minutes: float, measure: Call
             break
     measured = [c for c in candidates if c.seconds is not None]
     if chosen is not None:
-        why = (f"the first candidate, finest grid and widest network first, whose measured {chosen.seconds:.3g} s a "
+        why = (f"the first candidate, finest grid and widest network first, whose measured {chosen.seconds:.4g} s a "
                f"step gives the {STEPS_NEEDED} steps a run needs")
     else:
         chosen = max(measured, key=lambda c: (c.steps(budget_minutes), -candidates.index(c)))
         why = (f"no candidate reaches the {STEPS_NEEDED} steps a run needs in {budget_minutes:g} min: the one with "
-               f"the most ({chosen.seconds:.3g} s a step measured)")
+               f"the most ({chosen.seconds:.4g} s a step measured)")
     steps = chosen.steps(budget_minutes)
     reason = (f"{why}: {chosen.describe()}, about {steps} steps in the {budget_minutes:g}-minute budget "
-              f"(measured: " + "; ".join(f"{c.describe()}: {c.seconds:.3g} s" for c in measured) + ")")
+              f"(measured: " + "; ".join(f"{c.describe()}: {c.seconds:.4g} s" for c in measured) + ")")
     return Choice(chosen, candidates, steps, reason)
 
 

@@ -259,13 +259,13 @@ def _plan_for_time(plan: Plan, fp: Fingerprint, target, why: str, classes: int, 
     base = np.median(fp.spacings, axis=0) if target is None else np.asarray(target)
     candidates = []
     grids = time_plan.grids_tried(_rounded(base), timing.grid_dice)
-    for spacing, dice in (grid for grid in grids if time_plan.admissible(grid[1])):
+    for spacing in (grid for grid, dice in grids if time_plan.admissible(dice)):
         shape = np.median(np.maximum(np.round(fp.sizes * fp.spacings / np.asarray(spacing)), 1), axis=0)
         for width in time_plan.WIDTHS:
             patch, depth, memory, _ = patch_and_depth(shape, spacing, fp.channels, classes, memory_gb, width)
             candidates.append(time_plan.Candidate(
                 tuple(spacing), tuple(patch), depth, width,
-                multiply_adds(patch, depth, fp.channels, classes, base_width=width), memory, dice))
+                multiply_adds(patch, depth, fp.channels, classes, base_width=width), memory))
 
     def settings_of(candidate):
         return {**common, **_network(candidate), "preprocess.target_spacing_zyx": candidate.spacing,

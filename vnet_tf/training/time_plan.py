@@ -5,7 +5,7 @@ The rule (:func:`choose`):
 
 - **Steps needed**: ``STEPS_NEEDED`` (batch 2). On hippocampus the recipe's Dice rose until
   about 6,000 steps and was level from 14,000 to 19,600 (docs/results/hippocampus.md); on the
-  left atrium a run at 1.25 mm was still rising at 1,400 (docs/experiments-log.md).
+  left atrium runs were still rising at 1,400 and 3,480 steps (docs/results/la2018.md).
 - **Candidates**, in order of preference: the finest grid first (the fingerprint's target spacing,
   then coarser by ``GRID_FACTORS`` while the grid keeps a Dice of ``1 - GRID_COST`` of the labels
   (:mod:`vnet_tf.data.grid_cost`)), and on each grid the widest network first (``WIDTHS``; on
@@ -50,7 +50,6 @@ class Candidate:
     width: int
     multiply_adds: float  # of a training batch's forward pass
     memory_gb: float
-    grid_dice: float
     seconds: Optional[float] = None  # measured seconds per step
 
     def steps(self, budget_minutes: float, seconds: Optional[float] = None) -> int:
@@ -81,7 +80,6 @@ def admissible(dice: float) -> bool:
 @dataclasses.dataclass
 class Choice:
     chosen: Candidate
-    candidates: List[Candidate]  # in order of preference, measured or not
     steps: int  # planned within the budget
     reason: str
 
@@ -124,7 +122,7 @@ def choose(candidates: Sequence[Candidate], budget_minutes: float, measure: Call
     steps = chosen.steps(budget_minutes)
     reason = (f"{why}: {chosen.describe()}, about {steps} steps in the {budget_minutes:g}-minute budget "
               f"(measured: " + "; ".join(f"{c.describe()}: {c.seconds:.4g} s" for c in measured) + ")")
-    return Choice(chosen, candidates, steps, reason)
+    return Choice(chosen, steps, reason)
 
 
 def validation_every(steps: int) -> int:

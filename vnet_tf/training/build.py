@@ -21,7 +21,7 @@ from vnet_tf.model.registry import LOSSES
 from vnet_tf.training.config import TrainConfig, mixed_policy
 from vnet_tf.training.optim import make_optimizer
 from vnet_tf.training.pipeline import CaseStore
-from vnet_tf.training.step import make_strategy
+from vnet_tf.training.step import make_step, make_strategy
 
 
 def prepare_data(config: TrainConfig, log: Callable[[str], None]):
@@ -75,6 +75,13 @@ class Training:
     groups: dict  # the checkpoint's variable groups
     num_classes: int
     model_config: object  # the VNetConfig as resolved (channels, classes, precision)
+
+    def step(self, config: TrainConfig):
+        """The compiled training step (:func:`~vnet_tf.training.step.make_step`), with the
+        augmentation on the device where ``config.augment_on`` puts it there."""
+        device_aug = self.augmentation if config.augment_on == "device" else None
+        return make_step(self.train_model, self.optimizer, self.loss_fn, device_aug, self.strategy,
+                         config.batch_size, self.average)
 
 
 @dataclasses.dataclass

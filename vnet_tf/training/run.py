@@ -22,7 +22,7 @@ from vnet_tf.training.build import Parts
 from vnet_tf.training.config import TrainConfig
 from vnet_tf.training.logs import TrainingLogger
 from vnet_tf.training.pipeline import PipelineConfig, training_dataset
-from vnet_tf.training.step import make_step, strategy_is_chief
+from vnet_tf.training.step import strategy_is_chief
 
 
 def validation_segmenter(model, config: TrainConfig, channels: int, num_classes: int) -> Segmenter:
@@ -82,7 +82,6 @@ class Run:
         """The input pipeline at the run's next batch, the compiled step, the validation cases
         and the logger."""
         config, parts = self.config, self.parts
-        device_aug = parts.augmentation if config.augment_on == "device" else None
         pipeline = PipelineConfig(config.patch_size_zyx, config.batch_size, config.foreground_fraction,
                                   config.class_balance, config.seed)
         dataset = training_dataset(train_paths, pipeline, start_batch=self.start_step, store=parts.store,
@@ -93,8 +92,7 @@ class Run:
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
             dataset = dataset.with_options(options)
         self.iterator = iter(parts.strategy.experimental_distribute_dataset(dataset))
-        self.step_fn = make_step(parts.train_model, parts.optimizer, parts.loss_fn, device_aug, parts.strategy,
-                                  config.batch_size, parts.average)
+        self.step_fn = parts.step(config)
         self.val_cases = [load_cached_case(p) for p in val_paths]
         self.validator = (validation_segmenter(parts.model, config, self.val_cases[0].image.shape[-1],
                                                parts.num_classes) if self.val_cases else None)

@@ -1,6 +1,7 @@
 """How long a training step of given settings takes on this machine, measured without training
-data: the run's own step (model, optimiser, device-side augmentation, loss: :func:`build_training`
-and :func:`make_step`) on batches of noise, which cost what real patches cost.
+data: the run's own step (model, optimiser, device-side augmentation, loss: :func:`build_training`)
+on a batch of noise. Against training on data with the same settings it came within about 25 %
+(docs/experiments-log.md, 2026-12-07), about as much as it varies between runs.
 
 The planner (``vnet-plan --time_budget_minutes``) times its candidate settings with it; the
 first step traces the graph and is not counted.
@@ -17,7 +18,6 @@ import tensorflow as tf
 
 from vnet_tf.training.build import build_training
 from vnet_tf.training.config import TrainConfig
-from vnet_tf.training.step import make_step
 
 
 def seconds_per_step(config: TrainConfig, channels: int, num_classes: int, steps: int = 5,
@@ -26,9 +26,7 @@ def seconds_per_step(config: TrainConfig, channels: int, num_classes: int, steps
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     parts = build_training(config, channels, num_classes, log)
-    device_aug = parts.augmentation if config.augment_on == "device" else None
-    step = make_step(parts.train_model, parts.optimizer, parts.loss_fn, device_aug, parts.strategy,
-                     config.batch_size, parts.average)
+    step = parts.step(config)
     rng = np.random.default_rng(config.seed)
     shape = (config.batch_size, *config.patch_size_zyx)
     batch = {"image": tf.constant(rng.standard_normal(shape + (channels,), dtype=np.float32)),

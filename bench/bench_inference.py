@@ -2,14 +2,15 @@
 
     python bench/bench_inference.py --workdir=runs/hippocampus --data_dir=../shared/data/Task04_Hippocampus
 
-1. Library inference (``vnet_tf.inference.segmentation.predict_case`` over the inference graph) seconds per hippocampus case, with
-   the run's settings, without and with test-time mirroring over all three axes.
+1. Library inference (``vnet_tf.inference.segmentation.predict_case`` over the inference graph) seconds per case of
+   the data set's fold 0, with the run's settings, without and with test-time mirroring over all three axes.
 2. The paper V-Net (random weights; speed only) on a 128x128x64 volume: one 64x128x128
    window, seconds per volume.
 3. The run exported as a SavedModel: size on disk, load time in a fresh process, and
-   ``serving_default`` latency on a hippocampus case and on a 128x128x64 volume, against the
+   ``serving_default`` latency on the first of those cases and on a 128x128x64 volume, against the
    library's inference on the same inputs (the same graph, so the ratio shows the cost of
-   serving it from a SavedModel).
+   serving it from a SavedModel), and the serving process's peak resident memory (``VmHWM``)
+   after the case, and after both.
 
 Prints Markdown tables of medians (min-max).
 """
@@ -80,7 +81,7 @@ def main():
         predict_case(images[0], segment)  # warm-up (tracing)
         per_case = [t for imgs in images for t in timed(lambda i=imgs: predict_case(i, segment), 1)]
         rows.append((name, per_case))
-    print(f"### Library inference, hippocampus run ({len(cases)} fold-0 cases, patch {inference.patch_size_zyx}, "
+    print(f"### Library inference, {args.workdir} ({len(cases)} fold-0 cases, patch {inference.patch_size_zyx}, "
           f"overlap {inference.overlap})\n")
     print("| setting | seconds per case, median (min-max) |\n|---|---|")
     for name, times in rows:
@@ -116,6 +117,9 @@ def main():
             f"m = tf.saved_model.load({str(version)!r}); f = m.signatures['serving_default']\n"
             "t2 = time.perf_counter()\n"
             "print('import', t1 - t0, 'load', t2 - t1)\n"
+            "def peak():\n"
+            "    return next(int(l.split()[1]) / 2**20 for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+            "print('loaded', peak())\n"
             f"for name in ('case', 'big'):\n"
             f"    v = tf.constant(np.load({tmp!r} + '/' + name + '.npy'))\n"
             f"    g = dict(spacing=tf.constant({case_spacing!r}), direction=tf.constant({case_direction!r}))\n"
@@ -123,7 +127,8 @@ def main():
             "    ts = []\n"
             f"    for _ in range({args.repeats}):\n"
             "        s = time.perf_counter(); f(volume=v, **g)['labels'].numpy(); ts.append(time.perf_counter() - s)\n"
-            "    print(name, ' '.join(str(t) for t in ts))\n")
+            "    print(name, ' '.join(str(t) for t in ts))\n"
+            "    print(name + '_peak', peak())\n")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
         if out.returncode:
             print(out.stderr[-3000:])
@@ -139,11 +144,13 @@ def main():
                 image.CopyInformation(images[0][0])
             predict_case([image], segment)  # warm-up
             lib[name] = timed(lambda im=image: predict_case([im], segment), args.repeats)
-    print(f"\n### SavedModel of the hippocampus run (no mirroring, overlap {inference.overlap}, patch {inference.patch_size_zyx})\n")
+    print(f"\n### SavedModel of {args.workdir} (no mirroring, overlap {inference.overlap}, patch {inference.patch_size_zyx})\n")
     print(f"size {size / 2**20:.1f} MiB (variables {variables / 2**20:.1f} MiB), export {export_s:.1f} s, "
-          f"load {load_s:.2f} s in a fresh process\n")
+          f"load {load_s:.2f} s in a fresh process; that process's peak resident memory {float(lines['loaded']):.2f} GB "
+          f"loaded, {float(lines['case_peak']):.2f} GB after the case {case_volume.shape}, "
+          f"{float(lines['big_peak']):.2f} GB after the 128x128x64 volume\n")
     print("| input | serving_default s | library s | serving / library |\n|---|---|---|---|")
-    for name, label in (("case", f"hippocampus case {case_volume.shape}"), ("big", "128x128x64 volume (64, 128, 128)")):
+    for name, label in (("case", f"fold-0 case {case_volume.shape}"), ("big", "128x128x64 volume (64, 128, 128)")):
         ratio = statistics.median(serve[name]) / statistics.median(lib[name])
         print(f"| {label} | {fmt(serve[name])} | {fmt(lib[name])} | {ratio:.2f} |")
 

@@ -140,8 +140,11 @@ def main():
         segment = load_segment([args.workdir], overrides=served).segment
         for name, vol in (("case", case_volume), ("big", big)):
             image = sitk.GetImageFromArray(vol)
+            # The geometry the serving request gives both volumes: the case's spacing and direction.
+            image.SetSpacing(images[0][0].GetSpacing())
+            image.SetDirection(images[0][0].GetDirection())
             if name == "case":
-                image.CopyInformation(images[0][0])
+                image.SetOrigin(images[0][0].GetOrigin())
             predict_case([image], segment)  # warm-up
             lib[name] = timed(lambda im=image: predict_case([im], segment), args.repeats)
     print(f"\n### SavedModel of {args.workdir} (no mirroring, overlap {inference.overlap}, patch {inference.patch_size_zyx})\n")

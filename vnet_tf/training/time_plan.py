@@ -4,8 +4,10 @@ on the machine at hand (``vnet-plan --time_budget_minutes``).
 The rule (:func:`choose`):
 
 - **Steps needed**: ``STEPS_NEEDED`` (batch 2). On hippocampus the recipe's Dice rose until
-  about 6,000 steps and was level from 14,000 to 19,600 (docs/results/hippocampus.md); on the
-  left atrium runs were still rising at 1,400 and 3,480 steps (docs/results/la2018.md).
+  about 6,000 steps and was level from 14,000 to 19,600, and the 30-minute plan's width-8 run
+  of 5,250 steps scored 0.013 / 0.014 below it (docs/results/hippocampus.md); on the left
+  atrium the recipe's width-8 run of 4,757 steps scored level with a width-16 run of 3,480
+  (docs/results/la2018.md).
 - **Candidates**, in order of preference: the finest grid first (the fingerprint's target spacing,
   then coarser by ``GRID_FACTORS`` while the grid keeps a Dice of ``1 - GRID_COST`` of the labels
   (:mod:`vnet_tf.data.grid_cost`)), and on each grid the widest network first (``WIDTHS``; on

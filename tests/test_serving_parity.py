@@ -3,8 +3,8 @@ shipped flagfiles (the first with a weight average, served as "final") and an en
 multi-channel runs, a tiny model is exported, and the SavedModel, loaded in a clean process
 that imports only TensorFlow, must give evaluate.py's labels voxel for voxel and its
 probabilities within 1e-5, on real hippocampus cases (and a left-atrium case for the
-left-atrium recipe) and on synthetic anisotropic, reoriented ones. A second test holds the graph's preprocessing to the training cache's
-(SimpleITK) on real cases."""
+left-atrium recipe) and on synthetic anisotropic, reoriented ones. A second test holds the
+graph's preprocessing to the training cache's (SimpleITK) on real cases."""
 
 import dataclasses
 import json

@@ -7,9 +7,9 @@ Runs `train.py --flagfile=configs/hippocampus.flags` (or the --config given: its
 --data_dir) plus any extra flags (e.g. `--steps=3500`, or `--fold=2` for one fold of a
 cross-validation), then `evaluate.py` on the held-out fold with the run's inference settings and
 its final weights (the best-on-validation checkpoint would be chosen on the very fold we
-report), and prints training wall time, steps, peak memory and, per label, the mean +/- std over
-cases of Dice, Jaccard, HD95, ASSD, and medpy's pooled 95HD and one-way ASD (the left-atrium
-literature's), in mm and, for isotropic scans, in voxels. The workdir defaults to the config's
+report), and prints training wall time, steps, each command's peak memory and, per label, the
+mean +/- std over cases of Dice, Jaccard, HD95, ASSD, and medpy's pooled 95HD and one-way ASD
+(the left-atrium literature's), in mm and, for isotropic scans, in voxels. The workdir defaults to the config's
 own --workdir (with ``_fold<k>`` appended for another fold).
 """
 
@@ -76,7 +76,8 @@ def main(argv):
     print(f"\ntraining wall time {train_s / 60:.1f} min (train.py incl. data check and caching), "
           f"{trained['steps']} steps" + (" (the length the time budget set)" if trained.get("stopped_by_budget") else "")
           + f", peak memory {trained.get('peak_memory_mb', float('nan')) / 1024:.2f} GB; "
-          f"evaluation {summary.get('seconds_per_case', {}).get('mean', float('nan')):.1f} s a case")
+          f"evaluation {summary.get('seconds_per_case', {}).get('mean', float('nan')):.1f} s a case, "
+          f"peak memory {summary.get('peak_memory_mb', float('nan')) / 1024:.2f} GB")
     print(metrics_table(summary, _voxel_mm(REPO / data)))
 
 

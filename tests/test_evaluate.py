@@ -12,6 +12,7 @@ from conftest import run_command
 from helpers import copy_run, edit_config
 from vnet_tf.data.demo_data import write_demo_dataset
 from vnet_tf.core.io import read_volume, write_volume
+from vnet_tf.core.runtime import peak_rss_mb
 
 
 def _evaluate(*args):
@@ -59,6 +60,8 @@ def test_evaluates_a_training_workdir(tiny_run, tmp_path):
     assert sorted(r["case_id"] for r in summary["cases"]) == sorted(config["validation_cases"])
     assert summary["settings"]["inference"]["mirror_axes"] == [2]
     assert summary["settings"]["training_cases_evaluated"] == 0 and "not held-out" not in out.stderr
+    # in process: this process's peak so far, at least what the evaluation held
+    assert 100 < summary["peak_memory_mb"] <= peak_rss_mb()
     for record in summary["cases"]:
         written = sitk.ReadImage(str(report / "predictions" / f"{record['case_id']}.nii.gz"))
         original = sitk.ReadImage(str(data / "imagesTr" / f"{record['case_id']}.nii.gz"))

@@ -73,3 +73,26 @@ def test_tensorflows_start_up_lines_are_told_from_other_native_lines():
     assert all(_NATIVE_NOISE.match(line) for line in dropped)
     assert not _NATIVE_NOISE.match("E0000 00:00:1796595982.511660    3076 bfc_allocator.cc:12] out of memory")
     assert not _NATIVE_NOISE.match("error: --steps: expected a positive integer")
+
+
+PEAK_PROBE = (
+    "import numpy as np\n"
+    "from vnet_tf.core.runtime import peak_rss_mb\n"
+    "before = peak_rss_mb()\n"
+    "block = np.ones(300 * 2**20, np.uint8)  # 300 MiB, every page touched\n"
+    "after = peak_rss_mb()\n"
+    "hwm = next(int(line.split()[1]) / 1024 for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
+    "print('PEAK', before, after, hwm)\n"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is read from Linux's /proc")
+def test_peak_memory_is_the_kernels_high_water_mark():
+    """What training's and evaluate.py's summary.json report as ``peak_memory_mb``, against the
+    kernel's own figure (``VmHWM``), in a small process that then touches 300 MiB."""
+    out = subprocess.run([sys.executable, "-c", PEAK_PROBE], env=subprocess_env(), cwd=REPO,
+                         capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after, hwm = map(float, out.stdout.split("PEAK", 1)[1].split())
+    assert before < 200 and after >= 300, (before, after)  # the block is in the peak
+    assert abs(after - hwm) < 4, (after, hwm)

@@ -1,4 +1,5 @@
-"""Process-level TensorFlow settings that must happen before TensorFlow is imported.
+"""Process-level TensorFlow settings that must happen before TensorFlow is imported, and what
+the process and its machine are (CPU, native bfloat16, peak memory).
 
 On x86 CPUs TensorFlow leaves its oneDNN kernels off unless ``TF_ENABLE_ONEDNN_OPTS`` is
 set; on this project's reference machine turning them on made V-Net training steps
@@ -76,6 +77,12 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
         if key.strip() == "flags":
             flags.update(value.split())
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (``ru_maxrss``, KiB on Linux)."""
+    import resource  # pylint: disable=import-outside-toplevel
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def resolve_mixed_precision(name: str, cpuinfo: str = "/proc/cpuinfo") -> str:

@@ -39,6 +39,7 @@ from vnet_tf.core.errors import UserError, describe
 from vnet_tf.evaluation.figures import case_figure, metric_plot
 from vnet_tf.core.folders import VOLUME_TEMPORARIES, atomic_write_text, remove_stale, writable_folder
 from vnet_tf.core.lock import folder_lock
+from vnet_tf.core.runtime import peak_rss_mb
 from vnet_tf.core.io import PathLike, case_stem, read_image, read_volume, volume_suffix, write_volume
 from vnet_tf.core.labels import value_problem
 from vnet_tf.evaluation.metrics import METRICS, case_metrics, summarize
@@ -179,6 +180,7 @@ def _score_cases(cases, out: pathlib.Path, labels, segment, preprocess, inferenc
     summary = _summarize(records, failed, labels, settings or {})
     if timings:
         summary["seconds_per_case"] = summarize(timings)
+    summary["peak_memory_mb"] = round(peak_rss_mb(), 1)  # this process's: the model, the scans, the metrics
     rows.close()
     os.replace(out / PARTIAL_CSV, out / "metrics.csv")
     atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2))

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vnet_tf.core.runtime import peak_rss_mb
 from vnet_tf.data.cache import load_cached_case
 from vnet_tf.inference import run_folder
 from vnet_tf.inference.segmenter import Segmenter
@@ -196,8 +197,3 @@ class Run:
 
 def _floats(values):
     return None if values is None else [float(v) for v in values]
-
-
-def peak_rss_mb() -> float:
-    import resource  # pylint: disable=import-outside-toplevel
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -6,7 +6,8 @@
    the data set's fold 0, with the run's settings, without and with test-time mirroring over all three axes.
 2. The paper V-Net (random weights; speed only) on a 128x128x64 volume: one 64x128x128
    window, seconds per volume.
-3. The run exported as a SavedModel: size on disk, load time in a fresh process, and
+3. The run exported as a SavedModel (without mirroring; ``--served=run``: with the run's own
+   inference settings, as ``export.py`` writes it): size on disk, load time in a fresh process, and
    ``serving_default`` latency on the first of those cases and on a 128x128x64 volume, against the
    library's inference on the same inputs (the same graph, so the ratio shows the cost of
    serving it from a SavedModel), and the serving process's peak resident memory (``VmHWM``)
@@ -67,6 +68,9 @@ def main():
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--cases", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--served", choices=("plain", "run"), default="plain",
+                        help="the SavedModel without mirroring or post-processing (plain), or with the run's own "
+                             "inference settings, as export.py writes it (run)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; TensorFlow {tf.__version__}, Keras {keras.__version__}\n")
 
@@ -98,7 +102,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        served = {"postprocess": "none", "mirror_axes": ()}  # no mirroring: keeps the big volume affordable
+        # plain: no mirroring, which keeps the big volume affordable on any run
+        served = {"postprocess": "none", "mirror_axes": ()} if args.served == "plain" else {}
         version = export_run(args.workdir, pathlib.Path(tmp) / "base", inference_overrides=served)
         export_s = time.perf_counter() - start
         size = sum(p.stat().st_size for p in version.rglob("*") if p.is_file())
@@ -147,7 +152,9 @@ def main():
                 image.SetOrigin(images[0][0].GetOrigin())
             predict_case([image], segment)  # warm-up
             lib[name] = timed(lambda im=image: predict_case([im], segment), args.repeats)
-    print(f"\n### SavedModel of {args.workdir} (no mirroring, overlap {inference.overlap}, patch {inference.patch_size_zyx})\n")
+    mirroring = "no mirroring" if args.served == "plain" else f"the run's mirroring over axes {inference.mirror_axes}"
+    print(f"\n### SavedModel of {args.workdir} ({mirroring}, overlap {inference.overlap}, "
+          f"patch {inference.patch_size_zyx})\n")
     print(f"size {size / 2**20:.1f} MiB (variables {variables / 2**20:.1f} MiB), export {export_s:.1f} s, "
           f"load {load_s:.2f} s in a fresh process; that process's peak resident memory {float(lines['loaded']):.2f} GB "
           f"loaded, {float(lines['case_peak']):.2f} GB after the case {case_volume.shape}, "

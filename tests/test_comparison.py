@@ -112,6 +112,35 @@ def test_pooled_folds_match_numpy_and_overlaps_are_refused(tmp_path, rng):
     assert missing.returncode == 2 and "no such metrics file" in missing.stderr
 
 
+def test_pooled_folds_give_the_left_atrium_literatures_metrics_in_voxels(tmp_path, rng):
+    """Jaccard, medpy's 95HD and ASD pooled over two folds, in mm and in voxels, against numpy;
+    the files without those columns (the first table only) give no second table."""
+    columns = ("iou", "hd95_pooled", "asd")
+    values = {m: (rng.uniform(0.7, 0.9, size=6), rng.uniform(1, 5, size=4)) for m in columns}
+    paths = []
+    for k, first in enumerate((0, 6)):
+        n = len(values["iou"][k])
+        path = tmp_path / f"fold{k}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=FIELDS + ["assd", *columns])
+            writer.writeheader()
+            writer.writerows({"case_id": f"c{first + i:02d}", "label": "1", "dice": 0.9, "hd95": 2, "assd": 1,
+                              **{m: values[m][k][i] for m in columns}} for i in range(n))
+        paths.append(path)
+    printed = run_command("pool_folds", *paths, "--voxel_mm=0.625")
+    assert printed.returncode == 0, printed.stderr
+    cells = []
+    for m in columns:
+        pooled = np.concatenate(values[m])
+        cell = f"{pooled.mean():.3f} ± {pooled.std():.3f}"
+        cells.append(cell + (f" ({pooled.mean() / 0.625:.2f} vox)" if m != "iou" else ""))
+    assert "| label | Jaccard | 95HD (medpy) (mm; voxels of 0.625 mm) | ASD (medpy) (mm; voxels of 0.625 mm) |" \
+        in printed.stdout, printed.stdout
+    assert f"| 1 | {' | '.join(cells)} |" in printed.stdout, printed.stdout
+    plain = run_command("pool_folds", _fold(tmp_path / "a.csv", 0, np.full((3, 2), 0.8), np.ones((3, 2))))
+    assert plain.returncode == 0 and "Jaccard" not in plain.stdout, plain.stdout + plain.stderr
+
+
 def test_pooled_interval_of_the_mean_matches_the_normal_approximation(tmp_path, rng):
     # Independent reference: for many cases the bootstrap interval of a mean approaches
     # mean ± 1.96 std / sqrt(n) (central limit theorem).

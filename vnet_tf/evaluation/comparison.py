@@ -25,6 +25,15 @@ def metrics_csv(path: PathLike) -> pathlib.Path:
     return path / "metrics.csv" if path.is_dir() else path
 
 
+def metric_columns(path: PathLike) -> Tuple[str, ...]:
+    """The columns of an ``evaluate.py`` ``metrics.csv``; none where the file is missing."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return ()
+    with path.open(newline="") as handle:
+        return tuple(next(csv.reader(handle), []))
+
+
 def read_metric(path: PathLike, metric: str) -> Dict[Tuple[str, str], float]:
     """``{(case_id, label): value}`` of one column of an ``evaluate.py`` ``metrics.csv``."""
     path = pathlib.Path(path)

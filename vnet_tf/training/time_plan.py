@@ -5,9 +5,10 @@ The rule (:func:`choose`):
 
 - **Steps needed**: ``STEPS_NEEDED`` (batch 2). On hippocampus the recipe's Dice rose until
   about 6,000 steps and was level from 14,000 to 19,600, and the 30-minute plan's width-8 run
-  of 5,250 steps scored 0.013 / 0.014 below it (docs/results/hippocampus.md); on the left
-  atrium the recipe's width-8 run of 4,757 steps scored level with a width-16 run of 3,480
-  (docs/results/la2018.md).
+  of 5,250 steps scored 0.013 / 0.014 below it, a width-12 run of 2,860 steps in the same 30
+  minutes 0.005 / 0.003 below that (docs/results/hippocampus.md); on the left atrium the
+  recipe's width-8 run of 4,757 steps scored level with a width-16 run of 3,480
+  (docs/results/la2018.md). Short of the steps needed, steps buy more than width.
 - **Candidates**, in order of preference: the finest grid first (the fingerprint's target spacing,
   then coarser by ``GRID_FACTORS`` while the grid keeps a Dice of ``1 - GRID_COST`` of the labels
   (:mod:`vnet_tf.data.grid_cost`)), and on each grid the widest network first (``WIDTHS``; on

@@ -60,8 +60,9 @@ def test_evaluates_a_training_workdir(tiny_run, tmp_path):
     assert sorted(r["case_id"] for r in summary["cases"]) == sorted(config["validation_cases"])
     assert summary["settings"]["inference"]["mirror_axes"] == [2]
     assert summary["settings"]["training_cases_evaluated"] == 0 and "not held-out" not in out.stderr
-    # in process: this process's peak so far, at least what the evaluation held
-    assert 100 < summary["peak_memory_mb"] <= peak_rss_mb()
+    # in process: this process's peak so far (the kernel syncs threads' page counts lazily: a
+    # later reading may lag by a few MiB)
+    assert 100 < summary["peak_memory_mb"] <= peak_rss_mb() + 64
     for record in summary["cases"]:
         written = sitk.ReadImage(str(report / "predictions" / f"{record['case_id']}.nii.gz"))
         original = sitk.ReadImage(str(data / "imagesTr" / f"{record['case_id']}.nii.gz"))

@@ -79,8 +79,17 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (``ru_maxrss``, KiB on Linux)."""
+def peak_rss_mb(status: str = "/proc/self/status") -> float:
+    """This process's peak resident memory so far, in MiB: Linux's ``VmHWM``, else
+    ``ru_maxrss`` (which Linux carries over an exec from the parent process, so a command
+    started by a larger process would report the parent's peak)."""
+    try:
+        with open(status, encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource  # pylint: disable=import-outside-toplevel
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 

@@ -246,8 +246,9 @@ def test_shipped_flagfiles_parse_and_validate(monkeypatch):
     """Every flagfile in configs/ passes the flag checks (train.py --helpshort is not enough:
     build the config without running)."""
     from conftest import flagfile_config
-    for name in ("demo.flags", "hippocampus.flags", "hippocampus_paper.flags", "hippocampus_ds.flags",
-                 "promise12_paper.flags"):
+    names = sorted(path.name for path in (REPO / "configs").glob("*.flags"))
+    assert {"demo.flags", "hippocampus.flags", "la2018.flags", "la2018_paper.flags"} <= set(names), names
+    for name in names:
         config = flagfile_config(name, monkeypatch, "--data_dir=.")
         got = (config.steps, config.patch_size_zyx, config.deep_supervision, config.batch_dice,
                config.time_budget_minutes)

@@ -18,8 +18,9 @@ import SimpleITK as sitk
 
 from conftest import HIPPOCAMPUS, LEFT_ATRIUM, REPO, flagfile_config
 
-# Every shipped flagfile's settings: hippocampus_paper's and hippocampus_ds' are combinations of
-# these (the test checks it), so their exports would repeat what these show.
+# Every shipped flagfile's settings: hippocampus_paper's, hippocampus_ds' and la2018_paper's are
+# combinations of these (the test checks it; la2018_paper's patch differs, and the others show
+# sliding windows of several patch sizes), so their exports would repeat what these show.
 FLAGFILES = ("demo", "hippocampus", "promise12_paper", "la2018")
 TOLERANCE = 1e-5
 
@@ -113,7 +114,11 @@ def test_the_saved_model_gives_evaluates_labels_and_probabilities(tiny_run, tmp_
     settings = {name: flagfile_settings(name, monkeypatch) for name in FLAGFILES}
     pre, inf, patch = settings["hippocampus"]
     shipped = sorted(path.stem for path in (REPO / "configs").glob("*.flags"))
-    assert shipped == sorted(FLAGFILES + ("hippocampus_ds", "hippocampus_paper")), shipped
+    assert shipped == sorted(FLAGFILES + ("hippocampus_ds", "hippocampus_paper", "la2018_paper")), shipped
+    la_pre, la_inf, _ = settings["la2018"]
+    assert flagfile_settings("la2018_paper", monkeypatch) == (
+        la_pre, dataclasses.replace(la_inf, mirror_axes=settings["demo"][1].mirror_axes, patch_size_zyx=(48, 80, 96)),
+        (48, 80, 96))
     assert flagfile_settings("hippocampus_ds", monkeypatch) == (pre, inf, patch)
     # The recipe's settings without test-time mirroring and post-processing, as the demo's.
     assert flagfile_settings("hippocampus_paper", monkeypatch) == (
